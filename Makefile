@@ -1,0 +1,100 @@
+# vessel — build, test, demo.  `make demo` and `make check` install their own Debian packages.
+#
+# Layout: libvessel (lib/*/*.c -> $(BUILD)/libvessel.a), programs (src/), unit tests
+# (tests/unit/test-*.c, one binary each), fuzz targets (tests/fuzz/fuzz-*.c, clang libFuzzer).
+# BUILD selects the tree: build/ is the optimised one (demo, benchmarks, install), build/asan/ the
+# ASan+UBSan one the test suite runs.
+
+BUILD    ?= build
+SANITIZE ?= 0
+PREFIX   ?= /usr/local
+CC       ?= cc
+
+PKGS      := json-c libzstd zlib
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror \
+                 -Wno-unused-parameter -Wshadow -Wformat=2 -g -Iinclude -Ilib $(PKG_CFLAGS)
+ifeq ($(SANITIZE),1)
+  OPT_CFLAGS := -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+  OPT_LDFLAGS := -fsanitize=address,undefined
+else
+  OPT_CFLAGS := -O2
+  OPT_LDFLAGS :=
+endif
+CFLAGS  += $(CFLAGS_COMMON) $(OPT_CFLAGS) -MMD -MP
+LDFLAGS += $(OPT_LDFLAGS)
+LDLIBS  += $(PKG_LIBS) -lpthread
+
+LIB_SRCS    := $(sort $(wildcard lib/*/*.c))
+LIB_OBJS    := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
+VESSEL_SRCS := $(sort $(wildcard src/vessel.c src/cli-*.c))
+VESSEL_OBJS := $(VESSEL_SRCS:%.c=$(BUILD)/obj/%.o)
+UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
+UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
+FUZZ_SRCS   := $(sort $(wildcard tests/fuzz/fuzz-*.c))
+FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+
+.PHONY: all lib tests fuzz check demo deps deps-check install clean format bench
+all: $(BUILD)/bin/vessel
+
+lib: $(BUILD)/libvessel.a
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/libvessel.a: $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/vessel: $(VESSEL_OBJS) $(BUILD)/libvessel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(VESSEL_OBJS) $(BUILD)/libvessel.a $(LDLIBS)
+
+$(BUILD)/tests/test-%: $(BUILD)/obj/tests/unit/test-%.o $(BUILD)/obj/tests/unit/harness.o $(BUILD)/libvessel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/unit/harness.o $(BUILD)/libvessel.a $(LDLIBS)
+
+tests: $(BUILD)/bin/vessel $(UNIT_BINS)
+
+# libFuzzer targets: clang, ASan+UBSan, the library compiled into each target.
+FUZZ_CFLAGS := $(CFLAGS_COMMON) -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+build/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(LIB_SRCS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRCS) $(PKG_LIBS) -lpthread
+
+fuzz: $(FUZZ_BINS)
+
+deps:
+	scripts/deps.sh build
+deps-check:
+	scripts/deps.sh check
+
+# The two commands of the README.
+demo: deps
+	$(MAKE) all
+	scripts/demo.sh build/bin/vessel
+
+check: deps-check
+	$(MAKE) BUILD=build/asan SANITIZE=1 tests
+	$(MAKE) all
+	$(MAKE) fuzz
+	tests/run-all.sh
+
+bench: deps-check all
+	bench/img-convert
+	bench/img-io
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 build/bin/vessel $(DESTDIR)$(PREFIX)/bin/vessel
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)
