@@ -13,6 +13,8 @@ CC       ?= cc
 PKGS      := json-c libzstd zlib
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# lib/vmm: decompressors for bzImage payloads (lz4, xz/lzma, bzip2; zstd and zlib are above).
+PKG_LIBS   += -llz4 -llzma -lbz2
 
 CFLAGS_COMMON := -std=c11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Wall -Wextra -Werror \
                  -Wno-unused-parameter -Wshadow -Wformat=2 -g -Iinclude -Ilib $(PKG_CFLAGS)
@@ -31,13 +33,21 @@ LIB_SRCS    := $(sort $(wildcard lib/*/*.c))
 LIB_OBJS    := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
 VESSEL_SRCS := $(sort $(wildcard src/vessel.c src/cli-*.c))
 VESSEL_OBJS := $(VESSEL_SRCS:%.c=$(BUILD)/obj/%.o)
+VMM_SRCS    := $(sort $(wildcard src/vessel-vmm.c src/vmm-*.c))
+VMM_OBJS    := $(VMM_SRCS:%.c=$(BUILD)/obj/%.o)
+PROGRAMS    := $(BUILD)/bin/vessel $(if $(VMM_SRCS),$(BUILD)/bin/vessel-vmm)
 UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRCS   := $(sort $(wildcard tests/fuzz/fuzz-*.c))
 FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 
 .PHONY: all lib tests fuzz check demo deps deps-check install clean format bench
-all: $(BUILD)/bin/vessel
+all: $(PROGRAMS) guest
+
+# guest/probe/probe.mk adds the freestanding probe guest (build/guest/probe.elf) to `guest`.
+.PHONY: guest
+guest:
+-include guest/probe/probe.mk
 
 lib: $(BUILD)/libvessel.a
 
@@ -57,7 +67,11 @@ $(BUILD)/tests/test-%: $(BUILD)/obj/tests/unit/test-%.o $(BUILD)/obj/tests/unit/
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/unit/harness.o $(BUILD)/libvessel.a $(LDLIBS)
 
-tests: $(BUILD)/bin/vessel $(UNIT_BINS)
+$(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(BUILD)/libvessel.a
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(VMM_OBJS) $(BUILD)/libvessel.a $(LDLIBS)
+
+tests: $(PROGRAMS) guest $(UNIT_BINS)
 
 # libFuzzer targets: clang, ASan+UBSan, the library compiled into each target.
 FUZZ_CFLAGS := $(CFLAGS_COMMON) -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
@@ -89,7 +103,7 @@ bench: deps-check all
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 755 build/bin/vessel $(DESTDIR)$(PREFIX)/bin/vessel
+	install -m 755 $(PROGRAMS) $(DESTDIR)$(PREFIX)/bin/
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')

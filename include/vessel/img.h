@@ -275,7 +275,6 @@ struct img_bench_params {
     bool random;          /* uniformly random offsets (seeded) instead of sequential */
     uint64_t seed;
     uint64_t flush_interval; /* writes: flush after every N requests (0 = never) */
-    bool drain_before_flush; /* accepted for compatibility */
 };
 struct img_bench_result {
     double seconds;

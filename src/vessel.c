@@ -1,0 +1,72 @@
+/*
+ * src/vessel.c — the `vessel` program: finds the subsystem named by the first argument
+ * (`vessel img …`) and hands it the rest of the command line.
+ *
+ * The idea: one table of subsystems, each a main-like function over argv shifted by one, so a new
+ * subsystem (host, net, …) is one line here plus its own src/cli-*.c.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#ifndef VESSEL_VERSION
+#define VESSEL_VERSION "0.1.0"
+#endif
+
+/* Subsystem entry points (src/cli-*.c): argv[0] is the subsystem's name. */
+int cli_img_main(int argc, char **argv);
+
+struct vessel_command {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *summary;
+};
+
+static const struct vessel_command vessel_commands[] = {
+    {"img", cli_img_main, "create, inspect, convert and repair disk images"},
+};
+
+static void vessel_usage(FILE *out)
+{
+    fprintf(out, "usage: vessel COMMAND [ARGS…]\n"
+                 "       vessel --version\n"
+                 "       vessel help [COMMAND]\n\n"
+                 "Commands:\n");
+    for (size_t i = 0; i < sizeof(vessel_commands) / sizeof(vessel_commands[0]); i++)
+        fprintf(out, "  %-8s %s\n", vessel_commands[i].name, vessel_commands[i].summary);
+    fprintf(out, "\nRun 'vessel COMMAND --help' for the options of a command.\n");
+}
+
+static const struct vessel_command *vessel_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof(vessel_commands) / sizeof(vessel_commands[0]); i++)
+        if (!strcmp(vessel_commands[i].name, name))
+            return &vessel_commands[i];
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        vessel_usage(stderr);
+        return 1;
+    }
+    const char *name = argv[1];
+    if (!strcmp(name, "--version") || !strcmp(name, "-V") || !strcmp(name, "version")) {
+        printf("vessel version %s\n", VESSEL_VERSION);
+        return 0;
+    }
+    if (!strcmp(name, "help") || !strcmp(name, "--help") || !strcmp(name, "-h")) {
+        if (argc > 2 && vessel_find(argv[2])) {
+            char *help_argv[] = {argv[2], "--help", NULL};
+            return vessel_find(argv[2])->main(2, help_argv);
+        }
+        vessel_usage(stdout);
+        return 0;
+    }
+    const struct vessel_command *cmd = vessel_find(name);
+    if (!cmd) {
+        fprintf(stderr, "vessel: unknown command '%s'\nTry 'vessel help' for the list.\n", name);
+        return 1;
+    }
+    return cmd->main(argc - 1, argv + 1);
+}
