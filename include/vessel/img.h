@@ -135,6 +135,15 @@ int img_change_backing(struct img *img, const char *backing_file, const char *ba
 /* Drop every allocation of this layer so it reads through to its backing (after commit). */
 int img_make_empty(struct img *img);
 
+struct img_compact {
+    uint64_t blocks_freed; /* blocks (of the format's allocation unit) given back */
+    uint64_t bytes_before; /* host bytes used before and after */
+    uint64_t bytes_after;
+};
+/* Reclaim the space of allocated blocks that read as zeros, as Virtual Server's compaction does
+ * for dynamic disks. Needs a read-write open. -ENOTSUP for formats without such blocks. */
+int img_compact(struct img *img, struct img_compact *result);
+
 struct img_check {
     /* results */
     uint64_t corruptions;

@@ -76,6 +76,8 @@ struct img_driver {
     int (*check)(struct img *img, struct img_check *result, int fix);
     int (*change_backing)(struct img *img, const char *backing_file, const char *backing_format);
     int (*make_empty)(struct img *img);
+    /* Reclaim space of blocks that read as zeros (dynamic/sparse formats). */
+    int (*compact)(struct img *img, struct img_compact *result);
 
     int (*snapshot_create)(struct img *img, const char *name);
     int (*snapshot_list)(struct img *img, struct img_snapshot **list, size_t *count);
@@ -112,5 +114,9 @@ int img_error(struct img *img, int err, const char *fmt, ...) VS_PRINTF(3, 4);
 extern const struct img_driver img_driver_file;
 extern const struct img_driver img_driver_raw;
 extern const struct img_driver img_driver_qcow2;
+extern const struct img_driver img_driver_vmdk;
+extern const struct img_driver img_driver_vhd; /* "vpc" alias */
+extern const struct img_driver img_driver_vdi;
+extern const struct img_driver img_driver_vhdx;
 
 #endif

@@ -20,15 +20,21 @@
 
 /* Weak until every driver is in the tree; a NULL entry is skipped. */
 extern const struct img_driver img_driver_qcow2 __attribute__((weak));
+extern const struct img_driver img_driver_vmdk __attribute__((weak));
+extern const struct img_driver img_driver_vhd __attribute__((weak));
+extern const struct img_driver img_driver_vdi __attribute__((weak));
+extern const struct img_driver img_driver_vhdx __attribute__((weak));
 
 static const struct img_driver *const *img_drivers(void)
 {
-    static const struct img_driver *table[8];
+    static const struct img_driver *table[16];
     if (!table[0]) {
+        const struct img_driver *all[] = {&img_driver_raw,  &img_driver_qcow2, &img_driver_vmdk,
+                                          &img_driver_vhd,  &img_driver_vdi,   &img_driver_vhdx};
         size_t n = 0;
-        table[n++] = &img_driver_raw;
-        if (&img_driver_qcow2)
-            table[n++] = &img_driver_qcow2;
+        for (size_t i = 0; i < VS_ARRAY_SIZE(all); i++)
+            if (all[i])
+                table[n++] = all[i];
         table[n] = NULL;
     }
     return table;
@@ -711,6 +717,24 @@ int img_make_empty(struct img *img)
     if (!img->drv->make_empty)
         return img_unsupported(img, "emptying");
     return img->drv->make_empty(img);
+}
+
+int img_compact(struct img *img, struct img_compact *result)
+{
+    int rc = img_check_writable(img);
+    if (rc)
+        return rc;
+    if (!img->drv->compact)
+        return img_unsupported(img, "compaction");
+    memset(result, 0, sizeof(*result));
+    int64_t before = img_allocated_size(img);
+    rc = img->drv->compact(img, result);
+    if (!rc) {
+        int64_t after = img_allocated_size(img);
+        result->bytes_before = before > 0 ? (uint64_t)before : 0;
+        result->bytes_after = after > 0 ? (uint64_t)after : 0;
+    }
+    return rc;
 }
 
 int img_check(struct img *img, struct img_check *result, int fix)
