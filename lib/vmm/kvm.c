@@ -1,0 +1,685 @@
+/*
+ * lib/vmm/kvm.c — the machine on KVM: /dev/kvm, the VM, guest memory, vCPU threads and the exit
+ * loop.
+ *
+ * Each vCPU is a thread looping on KVM_RUN. An exit is either bus traffic (port I/O, MMIO) handed
+ * to the device owning the address, or an event that ends the run (shutdown = triple fault,
+ * internal error, system event). Stopping and pausing use one mechanism: the requester changes
+ * machine->state under the lock, sets each vCPU's immediate_exit and signals its thread; a vCPU
+ * checks the state before every KVM_RUN, so no request can be missed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "vmm/machine.h"
+
+#define KICK_SIGNAL SIGUSR1
+
+/* ---- small helpers --------------------------------------------------------------------------- */
+
+uint64_t guest_mem_low_end(const struct guest_mem *mem)
+{
+    return mem->count ? mem->regions[0].gpa + mem->regions[0].size : 0;
+}
+
+static uint64_t host_mem_total(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "MemTotal: %llu kB", &kb) == 1)
+            break;
+    fclose(f);
+    return (uint64_t)kb * 1024;
+}
+
+int machine_add_device(struct machine *m, const char *name, void *state, void (*destroy)(void *),
+                       void (*stats)(void *, void *))
+{
+    struct device *d = realloc(m->devices, (m->device_count + 1) * sizeof(*d));
+    if (!d)
+        return vs_error(-ENOMEM, "%s: out of memory", name);
+    m->devices = d;
+    d[m->device_count++] = (struct device){name, state, destroy, stats};
+    return 0;
+}
+
+void json_stats_add(void *json, const char *device, ...)
+{
+    json_object *o = json_object_new_object();
+    va_list ap;
+    va_start(ap, device);
+    for (const char *k = va_arg(ap, const char *); k; k = va_arg(ap, const char *))
+        json_object_object_add(o, k, json_object_new_int64((int64_t)va_arg(ap, uint64_t)));
+    va_end(ap);
+    json_object_object_add(json, device, o);
+}
+
+void machine_irq_line(struct machine *m, unsigned irq, int level)
+{
+    struct kvm_irq_level l = {.irq = irq, .level = level};
+    ioctl(m->vm_fd, KVM_IRQ_LINE, &l);
+}
+
+void machine_msi(struct machine *m, uint64_t address, uint32_t data)
+{
+    struct kvm_msi msi = {
+        .address_lo = (uint32_t)address, .address_hi = (uint32_t)(address >> 32), .data = data};
+    ioctl(m->vm_fd, KVM_SIGNAL_MSI, &msi);
+}
+
+/* ---- /dev/kvm and the VM --------------------------------------------------------------------- */
+
+static int kvm_open(struct machine *m)
+{
+    m->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (m->kvm_fd < 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return vs_error(-ENOENT, "/dev/kvm: not present (KVM module not loaded, or no "
+                                     "hardware virtualization; see `vessel host info`)");
+        if (e == EACCES || e == EPERM)
+            return vs_error(-e, "/dev/kvm: permission denied (add your user to group 'kvm')");
+        return vs_error_errno(-e, "/dev/kvm");
+    }
+    int version = ioctl(m->kvm_fd, KVM_GET_API_VERSION, 0);
+    if (version != KVM_API_VERSION)
+        return vs_error(-ENOTSUP, "/dev/kvm: API version %d, vessel needs %d", version,
+                        KVM_API_VERSION);
+    static const struct {
+        int cap;
+        const char *name;
+    } needed[] = {
+        {KVM_CAP_IRQCHIP, "KVM_CAP_IRQCHIP"},
+        {KVM_CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"},
+        {KVM_CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"},
+    };
+    for (size_t i = 0; i < VS_ARRAY_SIZE(needed); i++)
+        if (ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, needed[i].cap) <= 0)
+            return vs_error(-ENOTSUP, "/dev/kvm: missing capability %s", needed[i].name);
+    m->run_size = ioctl(m->kvm_fd, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (m->run_size <= 0)
+        return vs_error_errno(-errno, "/dev/kvm: KVM_GET_VCPU_MMAP_SIZE");
+    int max = ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_MAX_VCPUS);
+    if (max <= 0)
+        max = ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_NR_VCPUS);
+    if (max > 0 && m->vcpu_count > (unsigned)max)
+        return vs_error(-EINVAL, "--cpus %u: this host's KVM allows at most %d vCPUs",
+                        m->vcpu_count, max);
+    m->pvm_host = access("/sys/module/kvm_pvm", F_OK) == 0;
+    return 0;
+}
+
+static int memory_setup(struct machine *m)
+{
+    uint64_t size = m->config->memory;
+    if (size < 16 * MIB)
+        return vs_error(-EINVAL, "--memory: %llu MiB is too small (at least 16 MiB)",
+                        (unsigned long long)(size / MIB));
+    if (size % GUEST_PAGE)
+        return vs_error(-EINVAL, "--memory: %llu bytes is not a multiple of 4 KiB",
+                        (unsigned long long)size);
+    uint64_t host = host_mem_total();
+    if (host && size > host) {
+        char want[32], have[32];
+        vs_format_size(size, want, sizeof(want));
+        vs_format_size(host, have, sizeof(have));
+        return vs_error(-ENOMEM, "--memory %s: more than the host's %s of RAM", want, have);
+    }
+    int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (m->config->hugepages) {
+        if (size % (2 * MIB))
+            return vs_error(-EINVAL, "--memory: hugepages need a multiple of 2 MiB");
+        flags |= MAP_HUGETLB;
+    }
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, flags, -1, 0);
+    if (p == MAP_FAILED)
+        return vs_error_errno(-errno, "guest memory: mmap of %llu MiB%s",
+                              (unsigned long long)(size / MIB),
+                              m->config->hugepages ? " with hugepages (see /proc/sys/vm/"
+                                                     "nr_hugepages)"
+                                                   : "");
+    m->mmap_base = p;
+    m->mmap_size = size;
+    madvise(p, size, MADV_DONTDUMP);
+    uint64_t low = VS_MIN(size, LAYOUT_PCI_HOLE);
+    m->mem.regions[0] = (struct mem_region){0, low, p};
+    m->mem.count = 1;
+    if (size > low) {
+        m->mem.regions[1] = (struct mem_region){LAYOUT_4G, size - low, (uint8_t *)p + low};
+        m->mem.count = 2;
+    }
+    m->mem.ram_size = size;
+    for (unsigned i = 0; i < m->mem.count; i++) {
+        struct kvm_userspace_memory_region r = {
+            .slot = i,
+            .guest_phys_addr = m->mem.regions[i].gpa,
+            .memory_size = m->mem.regions[i].size,
+            .userspace_addr = (uintptr_t)m->mem.regions[i].host,
+        };
+        if (ioctl(m->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
+            return vs_error_errno(-errno, "KVM_SET_USER_MEMORY_REGION slot %u", i);
+    }
+    return 0;
+}
+
+static int vm_setup(struct machine *m)
+{
+    m->vm_fd = ioctl(m->kvm_fd, KVM_CREATE_VM, 0);
+    if (m->vm_fd < 0)
+        return vs_error_errno(-errno, "/dev/kvm: KVM_CREATE_VM");
+    /* VMX needs these three pages below 4 GiB; other KVM kinds ignore or refuse them. */
+    if (ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SET_TSS_ADDR) > 0)
+        ioctl(m->vm_fd, KVM_SET_TSS_ADDR, 0xfffbd000UL);
+    if (ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_SET_IDENTITY_MAP_ADDR) > 0) {
+        uint64_t ident = 0xfffbc000ULL;
+        ioctl(m->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
+    }
+    if (ioctl(m->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
+        return vs_error_errno(-errno, "KVM_CREATE_IRQCHIP");
+    struct kvm_pit_config pit = {.flags = 0};
+    if (ioctl(m->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
+        return vs_error_errno(-errno, "KVM_CREATE_PIT2");
+    return memory_setup(m);
+}
+
+/* ---- vCPUs ----------------------------------------------------------------------------------- */
+
+static void kick_handler(int sig)
+{
+    (void)sig;
+}
+
+static void vcpu_kick(struct vcpu *v)
+{
+    if (!v->run)
+        return;
+    __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    if (v->thread_started)
+        pthread_kill(v->thread, KICK_SIGNAL);
+}
+
+static void set_msrs(struct vcpu *v)
+{
+    static const uint32_t zeroed[] = {
+        0x174,      0x175,      0x176,                  /* SYSENTER_CS/ESP/EIP */
+        0xc0000081, 0xc0000082, 0xc0000083, 0xc0000084, /* STAR LSTAR CSTAR FMASK */
+        0xc0000102, 0x10,                               /* KERNEL_GS_BASE, TSC */
+    };
+    struct {
+        struct kvm_msrs hdr;
+        struct kvm_msr_entry e[16];
+    } msrs;
+    memset(&msrs, 0, sizeof(msrs));
+    unsigned n = 0;
+    for (size_t i = 0; i < VS_ARRAY_SIZE(zeroed); i++)
+        msrs.e[n++].index = zeroed[i];
+    msrs.e[n].index = 0x1a0; /* IA32_MISC_ENABLE: fast strings */
+    msrs.e[n++].data = 1;
+    msrs.e[n].index = 0x2ff; /* MTRRdefType: MTRRs on, default write-back */
+    msrs.e[n++].data = (1 << 11) | 6;
+    /* Set one at a time: a KVM that refuses one MSR (PVM) must not lose the others. */
+    for (unsigned i = 0; i < n; i++) {
+        struct {
+            struct kvm_msrs hdr;
+            struct kvm_msr_entry e;
+        } one = {.hdr = {.nmsrs = 1}, .e = msrs.e[i]};
+        ioctl(v->fd, KVM_SET_MSRS, &one);
+    }
+}
+
+static void set_lapic_lints(struct vcpu *v)
+{
+    struct kvm_lapic_state lapic;
+    if (ioctl(v->fd, KVM_GET_LAPIC, &lapic) < 0)
+        return;
+    uint32_t *lint0 = (uint32_t *)&lapic.regs[0x350];
+    uint32_t *lint1 = (uint32_t *)&lapic.regs[0x360];
+    *lint0 = (*lint0 & ~0x700u & ~0x10000u) | (7u << 8); /* ExtINT: the PIC */
+    *lint1 = (*lint1 & ~0x700u & ~0x10000u) | (4u << 8); /* NMI */
+    ioctl(v->fd, KVM_SET_LAPIC, &lapic);
+}
+
+static void set_segment(struct kvm_segment *s, uint16_t sel, uint8_t type, bool code64)
+{
+    memset(s, 0, sizeof(*s));
+    s->base = 0;
+    s->limit = 0xffffffff;
+    s->selector = sel;
+    s->type = type;
+    s->present = 1;
+    s->s = 1;
+    s->g = 1;
+    s->db = code64 ? 0 : 1;
+    s->l = code64 ? 1 : 0;
+}
+
+/* Registers of the boot vCPU per the entry ABI: PVH (32-bit flat, paging off) or the Linux
+ * 64-bit boot protocol (long mode, identity map, rsi = zero page). */
+static int vcpu_boot_state(struct machine *m, struct vcpu *v)
+{
+    struct kvm_sregs sregs;
+    if (ioctl(v->fd, KVM_GET_SREGS, &sregs) < 0)
+        return vs_error_errno(-errno, "vCPU %d: KVM_GET_SREGS", v->index);
+    struct kvm_regs regs;
+    memset(&regs, 0, sizeof(regs));
+    regs.rflags = 0x2;
+    regs.rip = m->boot.entry;
+    if (m->boot.is_64bit) {
+        set_segment(&sregs.cs, 0x10, 0xb, true);
+        set_segment(&sregs.ds, 0x18, 0x3, false);
+        sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+        sregs.gdt.base = LAYOUT_GDT;
+        sregs.gdt.limit = 5 * 8 - 1;
+        sregs.cr3 = LAYOUT_PML4;
+        sregs.cr4 = 1u << 5;                 /* PAE */
+        sregs.cr0 = 0x80000011u;             /* PG, ET, PE */
+        sregs.efer = (1u << 8) | (1u << 10); /* LME, LMA */
+        regs.rsi = m->boot.boot_param;
+    } else {
+        set_segment(&sregs.cs, 0x8, 0xb, false);
+        set_segment(&sregs.ds, 0x18, 0x3, false);
+        sregs.es = sregs.fs = sregs.gs = sregs.ss = sregs.ds;
+        sregs.gdt.base = LAYOUT_GDT;
+        sregs.gdt.limit = 5 * 8 - 1;
+        sregs.cr0 = 0x11; /* PE, ET; paging off */
+        sregs.cr4 = 0;
+        sregs.efer = 0;
+        regs.rbx = m->boot.boot_param;
+    }
+    memset(&sregs.tr, 0, sizeof(sregs.tr));
+    sregs.tr.selector = 0x20;
+    sregs.tr.limit = 0x67;
+    sregs.tr.type = 0xb; /* busy 32-bit TSS */
+    sregs.tr.present = 1;
+    if (ioctl(v->fd, KVM_SET_SREGS, &sregs) < 0)
+        return vs_error_errno(-errno, "vCPU %d: KVM_SET_SREGS (boot state)", v->index);
+    if (ioctl(v->fd, KVM_SET_REGS, &regs) < 0)
+        return vs_error_errno(-errno, "vCPU %d: KVM_SET_REGS (boot state)", v->index);
+    return 0;
+}
+
+static int vcpu_create(struct machine *m, struct vcpu *v, int index)
+{
+    v->machine = m;
+    v->index = index;
+    v->fd = ioctl(m->vm_fd, KVM_CREATE_VCPU, index);
+    if (v->fd < 0)
+        return vs_error_errno(-errno, "vCPU %d: KVM_CREATE_VCPU", index);
+    void *run = mmap(NULL, m->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+    if (run == MAP_FAILED)
+        return vs_error_errno(-errno, "vCPU %d: mmap of kvm_run", index);
+    v->run = run;
+    int rc = cpuid_apply_vcpu(m, v);
+    if (rc < 0)
+        return rc;
+    set_msrs(v);
+    set_lapic_lints(v);
+    if (index == 0)
+        return vcpu_boot_state(m, v);
+    return 0;
+}
+
+static void format_registers(struct vcpu *v, char *buf, size_t len)
+{
+    struct kvm_regs r;
+    struct kvm_sregs s;
+    if (ioctl(v->fd, KVM_GET_REGS, &r) < 0 || ioctl(v->fd, KVM_GET_SREGS, &s) < 0) {
+        snprintf(buf, len, "(registers unavailable)");
+        return;
+    }
+    snprintf(buf, len,
+             "rip=%016llx rsp=%016llx rflags=%08llx rax=%016llx rbx=%016llx rcx=%016llx "
+             "rdx=%016llx rsi=%016llx rdi=%016llx rbp=%016llx cs=%04x(base %llx, l=%d db=%d) "
+             "ss=%04x cr0=%08llx cr2=%016llx cr3=%016llx cr4=%08llx efer=%llx",
+             (unsigned long long)r.rip, (unsigned long long)r.rsp, (unsigned long long)r.rflags,
+             (unsigned long long)r.rax, (unsigned long long)r.rbx, (unsigned long long)r.rcx,
+             (unsigned long long)r.rdx, (unsigned long long)r.rsi, (unsigned long long)r.rdi,
+             (unsigned long long)r.rbp, s.cs.selector, (unsigned long long)s.cs.base, s.cs.l,
+             s.cs.db, s.ss.selector, (unsigned long long)s.cr0, (unsigned long long)s.cr2,
+             (unsigned long long)s.cr3, (unsigned long long)s.cr4, (unsigned long long)s.efer);
+}
+
+static void vcpu_crash(struct vcpu *v, const char *what)
+{
+    char regs[400], detail[512];
+    format_registers(v, regs, sizeof(regs));
+    snprintf(detail, sizeof(detail), "vCPU %d: %s: %s", v->index, what, regs);
+    machine_request_stop(v->machine, VMM_EXIT_CRASH, 0, detail);
+}
+
+/* Handle one exit; false ends this vCPU's loop. */
+static bool vcpu_handle_exit(struct vcpu *v)
+{
+    struct machine *m = v->machine;
+    struct kvm_run *run = v->run;
+    char what[128];
+    switch (run->exit_reason) {
+    case KVM_EXIT_IO: {
+        v->exits[EXIT_KIND_IO]++;
+        uint8_t *data = (uint8_t *)run + run->io.data_offset;
+        bool wr = run->io.direction == KVM_EXIT_IO_OUT;
+        for (uint32_t i = 0; i < run->io.count; i++)
+            bus_dispatch(&m->pio, run->io.port, data + (size_t)i * run->io.size, run->io.size, wr);
+        return true;
+    }
+    case KVM_EXIT_MMIO:
+        v->exits[EXIT_KIND_MMIO]++;
+        if (run->mmio.len <= 8)
+            bus_dispatch(&m->mmio, run->mmio.phys_addr, run->mmio.data, run->mmio.len,
+                         run->mmio.is_write);
+        return true;
+    case KVM_EXIT_HLT:
+        v->exits[EXIT_KIND_HLT]++;
+        return true;
+    case KVM_EXIT_INTR:
+        v->exits[EXIT_KIND_INTR]++;
+        return true;
+    case KVM_EXIT_SHUTDOWN:
+        vcpu_crash(v, "triple fault (KVM_EXIT_SHUTDOWN)");
+        return false;
+    case KVM_EXIT_INTERNAL_ERROR:
+        snprintf(what, sizeof(what), "KVM internal error, suberror %u%s", run->internal.suberror,
+                 run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION ? " (emulation failure)"
+                                                                        : "");
+        vcpu_crash(v, what);
+        return false;
+    case KVM_EXIT_FAIL_ENTRY:
+        snprintf(what, sizeof(what), "VM entry failed, reason 0x%llx",
+                 (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+        vcpu_crash(v, what);
+        return false;
+    case KVM_EXIT_SYSTEM_EVENT:
+        switch (run->system_event.type) {
+        case KVM_SYSTEM_EVENT_SHUTDOWN:
+            machine_request_stop(m, VMM_EXIT_POWEROFF, 0, "system event: shutdown");
+            break;
+        case KVM_SYSTEM_EVENT_RESET:
+            machine_request_stop(m, VMM_EXIT_REBOOT, 0, "system event: reset");
+            break;
+        default:
+            vcpu_crash(v, "system event: crash");
+        }
+        return false;
+    default:
+        v->exits[EXIT_KIND_OTHER]++;
+        snprintf(what, sizeof(what), "unhandled exit reason %u", run->exit_reason);
+        vcpu_crash(v, what);
+        return false;
+    }
+}
+
+static void *vcpu_thread(void *arg)
+{
+    struct vcpu *v = arg;
+    struct machine *m = v->machine;
+    char name[16];
+    snprintf(name, sizeof(name), "vcpu%d", v->index);
+    pthread_setname_np(pthread_self(), name);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, KICK_SIGNAL);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        if (m->state == MACHINE_PAUSED) {
+            m->vcpus_paused++;
+            pthread_cond_broadcast(&m->cond);
+            while (m->state == MACHINE_PAUSED)
+                pthread_cond_wait(&m->cond, &m->lock);
+            m->vcpus_paused--;
+        }
+        bool stop = m->state == MACHINE_STOPPING;
+        pthread_mutex_unlock(&m->lock);
+        if (stop)
+            break;
+        int rc = ioctl(v->fd, KVM_RUN, 0);
+        __atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+        if (rc < 0) {
+            if (errno == EINTR || errno == EAGAIN) {
+                v->exits[EXIT_KIND_INTR]++;
+                continue;
+            }
+            char what[96];
+            snprintf(what, sizeof(what), "KVM_RUN failed: %s", strerror(errno));
+            vcpu_crash(v, what);
+            break;
+        }
+        if (!vcpu_handle_exit(v))
+            break;
+    }
+    return NULL;
+}
+
+/* ---- machine state --------------------------------------------------------------------------- */
+
+void machine_request_stop(struct machine *m, enum vmm_exit_reason reason, unsigned code,
+                          const char *detail)
+{
+    pthread_mutex_lock(&m->lock);
+    if (!m->stop_requested) {
+        m->stop_requested = true;
+        m->result.reason = reason;
+        m->result.exit_code = code;
+        snprintf(m->result.detail, sizeof(m->result.detail), "%s", detail ? detail : "");
+    }
+    m->state = MACHINE_STOPPING;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    for (unsigned i = 0; i < m->vcpu_count; i++)
+        vcpu_kick(&m->vcpus[i]);
+}
+
+int machine_pause(struct machine *m)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->state != MACHINE_RUNNING) {
+        int st = m->state;
+        pthread_mutex_unlock(&m->lock);
+        return st == MACHINE_PAUSED ? 0 : vs_error(-EINVAL, "the VM is stopping");
+    }
+    m->state = MACHINE_PAUSED;
+    pthread_mutex_unlock(&m->lock);
+    for (unsigned i = 0; i < m->vcpu_count; i++)
+        vcpu_kick(&m->vcpus[i]);
+    pthread_mutex_lock(&m->lock);
+    while (m->state == MACHINE_PAUSED && m->vcpus_paused < m->vcpu_count)
+        pthread_cond_wait(&m->cond, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+int machine_resume(struct machine *m)
+{
+    pthread_mutex_lock(&m->lock);
+    if (m->state == MACHINE_PAUSED)
+        m->state = MACHINE_RUNNING;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+    return 0;
+}
+
+static int machine_build(struct machine *m, const struct vmm_config *config,
+                         struct console *console);
+
+int machine_create(struct machine **out, const struct vmm_config *config, struct console *console)
+{
+    struct machine *m = vs_calloc(1, sizeof(*m));
+    if (!m)
+        return -ENOMEM;
+    m->config = config;
+    m->kvm_fd = m->vm_fd = -1;
+    m->start_ns = vs_now_ns();
+    m->vcpu_count = config->cpus ? config->cpus : 1;
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->cond, NULL);
+    int rc = bus_init(&m->pio, "port I/O");
+    if (rc == 0)
+        rc = bus_init(&m->mmio, "MMIO");
+    if (rc < 0) {
+        free(m);
+        return rc;
+    }
+    rc = machine_build(m, config, console);
+    if (rc < 0) {
+        machine_destroy(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+static int machine_build(struct machine *m, const struct vmm_config *config,
+                         struct console *console)
+{
+    int rc;
+    struct sigaction sa = {.sa_handler = kick_handler};
+    sigemptyset(&sa.sa_mask);
+    sigaction(KICK_SIGNAL, &sa, NULL);
+
+    if (m->vcpu_count > 254) /* xAPIC IDs in the MADT are one byte */
+        return vs_error(-EINVAL, "--cpus %u: at most 254 vCPUs", m->vcpu_count);
+    if ((rc = kvm_open(m)) < 0 || (rc = vm_setup(m)) < 0 || (rc = cpuid_setup(m)) < 0)
+        return rc;
+    /* Devices first: boot_load builds ACPI tables and needs the platform fixed. */
+    if ((rc = serial_create(m, console)) < 0 || (rc = pm_create(m)) < 0 ||
+        (rc = i8042_create(m)) < 0 || (rc = rtc_create(m)) < 0 || (rc = pci_create(m)) < 0)
+        return rc;
+    for (size_t i = 0; i < config->disk_count; i++)
+        if ((rc = virtio_blk_create(m, &config->disks[i])) < 0)
+            return rc;
+    if ((rc = boot_load(m)) < 0)
+        return rc;
+    m->vcpus = vs_calloc(m->vcpu_count, sizeof(*m->vcpus));
+    if (!m->vcpus)
+        return -ENOMEM;
+    for (unsigned i = 0; i < m->vcpu_count; i++)
+        m->vcpus[i].fd = -1;
+    for (unsigned i = 0; i < m->vcpu_count; i++)
+        if ((rc = vcpu_create(m, &m->vcpus[i], (int)i)) < 0)
+            return rc;
+    return 0;
+}
+
+int machine_run(struct machine *m, struct vmm_result *result)
+{
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, KICK_SIGNAL);
+    pthread_sigmask(SIG_BLOCK, &set, &old); /* only vCPU threads take kicks */
+    int rc = 0;
+    for (unsigned i = 0; i < m->vcpu_count; i++) {
+        struct vcpu *v = &m->vcpus[i];
+        int e = pthread_create(&v->thread, NULL, vcpu_thread, v);
+        if (e) {
+            rc = vs_error(-e, "vCPU %u: cannot start thread", i);
+            machine_request_stop(m, VMM_EXIT_CRASH, 0, "thread creation failed");
+            break;
+        }
+        v->thread_started = true;
+        pthread_getcpuclockid(v->thread, &v->cpu_clock);
+    }
+    pthread_mutex_lock(&m->lock);
+    while (!m->stop_requested)
+        pthread_cond_wait(&m->cond, &m->lock);
+    pthread_mutex_unlock(&m->lock);
+    for (unsigned i = 0; i < m->vcpu_count; i++)
+        vcpu_kick(&m->vcpus[i]);
+    for (unsigned i = 0; i < m->vcpu_count; i++) {
+        if (m->vcpus[i].thread_started) {
+            pthread_join(m->vcpus[i].thread, NULL);
+            m->vcpus[i].thread_started = false;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    *result = m->result;
+    return rc;
+}
+
+void machine_destroy(struct machine *m)
+{
+    if (!m)
+        return;
+    /* Devices go first: their worker threads touch guest memory. */
+    for (size_t i = m->device_count; i-- > 0;)
+        if (m->devices[i].destroy)
+            m->devices[i].destroy(m->devices[i].state);
+    free(m->devices);
+    if (m->vcpus) {
+        for (unsigned i = 0; i < m->vcpu_count; i++) {
+            if (m->vcpus[i].run)
+                munmap(m->vcpus[i].run, m->run_size);
+            if (m->vcpus[i].fd >= 0)
+                close(m->vcpus[i].fd);
+        }
+        free(m->vcpus);
+    }
+    free(m->cpuid);
+    if (m->vm_fd >= 0)
+        close(m->vm_fd);
+    if (m->kvm_fd >= 0)
+        close(m->kvm_fd);
+    if (m->mmap_base)
+        munmap(m->mmap_base, m->mmap_size);
+    bus_destroy(&m->pio);
+    bus_destroy(&m->mmio);
+    pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->cond);
+    free(m);
+}
+
+static uint64_t clock_ns(clockid_t c)
+{
+    struct timespec ts;
+    if (clock_gettime(c, &ts) < 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+void *machine_stats_json(struct machine *m)
+{
+    static const char *const kinds[EXIT_KIND_COUNT] = {"io", "mmio", "hlt", "intr", "other"};
+    json_object *root = json_object_new_object();
+    json_object *cpus = json_object_new_array();
+    uint64_t total[EXIT_KIND_COUNT] = {0};
+    for (unsigned i = 0; i < m->vcpu_count; i++) {
+        struct vcpu *v = &m->vcpus[i];
+        json_object *c = json_object_new_object();
+        json_object_object_add(c, "index", json_object_new_int((int)i));
+        uint64_t ns = v->thread_started ? clock_ns(v->cpu_clock) : 0;
+        json_object_object_add(c, "cpu_time_ns", json_object_new_int64((int64_t)ns));
+        json_object *ex = json_object_new_object();
+        for (int k = 0; k < EXIT_KIND_COUNT; k++) {
+            uint64_t n = v->exits[k];
+            total[k] += n;
+            json_object_object_add(ex, kinds[k], json_object_new_int64((int64_t)n));
+        }
+        json_object_object_add(c, "exits", ex);
+        json_object_array_add(cpus, c);
+    }
+    json_object_object_add(root, "vcpus", cpus);
+    json_object *ex = json_object_new_object();
+    for (int k = 0; k < EXIT_KIND_COUNT; k++)
+        json_object_object_add(ex, kinds[k], json_object_new_int64((int64_t)total[k]));
+    json_object_object_add(root, "exits", ex);
+    json_object *devs = json_object_new_object();
+    for (size_t i = 0; i < m->device_count; i++)
+        if (m->devices[i].stats)
+            m->devices[i].stats(m->devices[i].state, devs);
+    json_object_object_add(root, "devices", devs);
+    return root;
+}

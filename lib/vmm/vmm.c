@@ -1,0 +1,126 @@
+/*
+ * lib/vmm/vmm.c — the public face of the hypervisor: a VM that outlives its machines.
+ *
+ * struct vmm holds what must survive a guest reboot — the configuration, the console and the
+ * control socket — while struct machine (kvm.c) is one boot of the board. A guest-initiated reset
+ * throws the machine away and builds a fresh one from the same configuration, which restarts the
+ * boot path exactly as a cold start would, with no per-device reset code to get wrong.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vmm/machine.h"
+
+int vmm_create(struct vmm **out, const struct vmm_config *config)
+{
+    struct vmm *v = vs_calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    v->created_ns = vs_now_ns();
+    v->config = *config;
+    pthread_mutex_init(&v->machine_lock, NULL);
+    int rc = console_open(&v->console, config->console);
+    if (rc == 0)
+        rc = machine_create(&v->machine, &v->config, v->console);
+    if (rc == 0 && config->api)
+        rc = control_start(&v->control, v, config->api);
+    if (rc < 0) {
+        vmm_destroy(v);
+        return rc;
+    }
+    *out = v;
+    return 0;
+}
+
+int vmm_run(struct vmm *v, struct vmm_result *result)
+{
+    for (;;) {
+        int rc = machine_run(v->machine, result);
+        if (!v->first_output_ns)
+            v->first_output_ns = v->machine->first_output_ns;
+        if (rc < 0 || result->reason != VMM_EXIT_REBOOT || !v->config.restart_on_reboot)
+            return rc;
+        pthread_mutex_lock(&v->machine_lock);
+        machine_destroy(v->machine);
+        v->machine = NULL;
+        rc = machine_create(&v->machine, &v->config, v->console);
+        pthread_mutex_unlock(&v->machine_lock);
+        if (rc < 0)
+            return vs_error_prefix(rc, "reboot");
+    }
+}
+
+void vmm_destroy(struct vmm *v)
+{
+    if (!v)
+        return;
+    control_stop(v->control);
+    machine_destroy(v->machine);
+    console_close(v->console);
+    pthread_mutex_destroy(&v->machine_lock);
+    free(v);
+}
+
+int vmm_request(struct vmm *v, enum vmm_request request)
+{
+    pthread_mutex_lock(&v->machine_lock);
+    struct machine *m = v->machine;
+    int rc = 0;
+    if (!m) {
+        pthread_mutex_unlock(&v->machine_lock);
+        return vs_error(-EAGAIN, "the VM is rebooting");
+    }
+    switch (request) {
+    case VMM_REQUEST_PAUSE:
+        rc = machine_pause(m);
+        break;
+    case VMM_REQUEST_RESUME:
+        rc = machine_resume(m);
+        break;
+    case VMM_REQUEST_POWERBUTTON:
+        pm_power_button(m);
+        break;
+    case VMM_REQUEST_POWEROFF:
+        machine_request_stop(m, VMM_EXIT_POWEROFF, 0, "power off requested by the host");
+        break;
+    case VMM_REQUEST_RESET:
+        machine_request_stop(m, VMM_EXIT_REBOOT, 0, "reset requested by the host");
+        break;
+    case VMM_REQUEST_CTRL_ALT_DEL:
+        i8042_ctrl_alt_del(m);
+        break;
+    default:
+        rc = vs_error(-EINVAL, "unknown request %d", (int)request);
+    }
+    pthread_mutex_unlock(&v->machine_lock);
+    return rc;
+}
+
+const char *vmm_state_name(struct vmm *v)
+{
+    pthread_mutex_lock(&v->machine_lock);
+    const char *name = "rebooting";
+    if (v->machine) {
+        pthread_mutex_lock(&v->machine->lock);
+        name = v->machine->state == MACHINE_RUNNING  ? "running"
+               : v->machine->state == MACHINE_PAUSED ? "paused"
+                                                     : "stopping";
+        pthread_mutex_unlock(&v->machine->lock);
+    }
+    pthread_mutex_unlock(&v->machine_lock);
+    return name;
+}
+
+const char *vmm_boot_description(struct vmm *v)
+{
+    return v->machine ? v->machine->boot.how : "";
+}
+
+double vmm_first_output_ms(const struct vmm *v)
+{
+    uint64_t t = v->first_output_ns;
+    if (!t && v->machine)
+        t = v->machine->first_output_ns;
+    return t ? (double)(t - v->created_ns) / 1e6 : 0;
+}

@@ -1,0 +1,271 @@
+/*
+ * src/vessel-vmm.c — run one VM by hand: parse the flags into a struct vmm_config, create the VM,
+ * run it, turn the way it ended into an exit code.
+ *
+ * Exit codes (docs/vessel-vmm.md):
+ *   0            the guest powered off (ACPI S5, or poweroff over the API / SIGTERM)
+ *   1            usage or setup error (bad flag, unreadable kernel, no /dev/kvm, …)
+ *   2            the guest asked for a reboot and --no-reboot was given
+ *   3            the guest crashed (triple fault, KVM internal error); registers on stderr
+ *   4            the VMM failed while running
+ *   16 + (v&63)  the guest wrote v to the isa-debug-exit port 0xf4
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "vessel/util.h"
+#include "vessel/vmm.h"
+
+enum {
+    EXIT_POWEROFF = 0,
+    EXIT_SETUP = 1,
+    EXIT_REBOOT = 2,
+    EXIT_CRASH = 3,
+    EXIT_VMM = 4,
+    EXIT_DEBUG_BASE = 16,
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: vessel-vmm --kernel FILE [options]\n"
+            "  --kernel FILE        bzImage or PVH ELF (vmlinux, the probe guest)\n"
+            "  --initrd FILE        initial ramdisk\n"
+            "  --cmdline STR        kernel command line\n"
+            "  --cpus N             vCPUs (default 1)\n"
+            "  --memory SIZE        guest RAM: 512 (MiB), 2G, … (default 256M)\n"
+            "  --disk FILE[,format=FMT][,readonly]   virtio-blk disk (repeatable)\n"
+            "  --console stdio|file:PATH|pty|unix:PATH|none   serial console (default stdio)\n"
+            "  --api unix:PATH      JSON control socket\n"
+            "  --cpuid-mask LIST    hide CPU features from the guest (xsave,avx,cx16,…)\n"
+            "  --hugepages          back guest RAM with 2 MiB huge pages\n"
+            "  --no-reboot          exit with code 2 when the guest reboots\n"
+            "  --no-pvh             boot a bzImage through the boot protocol only\n"
+            "  -v, --verbose        print the boot path and timings on stderr\n"
+            "exit codes: 0 poweroff, 1 usage/setup error, 2 reboot (--no-reboot), 3 guest crash,\n"
+            "            4 VMM failure, 16+N isa-debug-exit value N\n");
+}
+
+static int parse_disk(const char *arg, struct vmm_disk_config *disk)
+{
+    char *copy = vs_strdup(arg);
+    if (!copy)
+        return -ENOMEM;
+    char *save = NULL;
+    char *path = strtok_r(copy, ",", &save);
+    memset(disk, 0, sizeof(*disk));
+    if (!path || !*path) {
+        free(copy);
+        return vs_error(-EINVAL, "--disk '%s': no file name", arg);
+    }
+    disk->path = vs_strdup(path);
+    for (char *opt = strtok_r(NULL, ",", &save); opt; opt = strtok_r(NULL, ",", &save)) {
+        if (strncmp(opt, "format=", 7) == 0) {
+            disk->format = vs_strdup(opt + 7);
+        } else if (strcmp(opt, "readonly") == 0 || strcmp(opt, "readonly=on") == 0 ||
+                   strcmp(opt, "ro") == 0) {
+            disk->readonly = true;
+        } else {
+            int rc = vs_error(-EINVAL, "--disk '%s': unknown option '%s' (format=FMT, readonly)",
+                              arg, opt);
+            free(copy);
+            return rc;
+        }
+    }
+    free(copy);
+    return 0;
+}
+
+static struct vmm *the_vmm;
+
+static void *signal_thread(void *arg)
+{
+    sigset_t *set = arg;
+    for (;;) {
+        int sig;
+        if (sigwait(set, &sig) != 0)
+            continue;
+        if (the_vmm)
+            vmm_request(the_vmm, VMM_REQUEST_POWEROFF);
+    }
+    return NULL;
+}
+
+static bool host_is_pvm(void)
+{
+    struct vmm_host_info info;
+    vmm_host_info(&info);
+    return info.kvm_kind == VMM_KVM_PVM;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"kernel", required_argument, NULL, 'k'},  {"initrd", required_argument, NULL, 'i'},
+        {"cmdline", required_argument, NULL, 'c'}, {"cpus", required_argument, NULL, 'n'},
+        {"memory", required_argument, NULL, 'm'},  {"disk", required_argument, NULL, 'd'},
+        {"net", required_argument, NULL, 'N'},     {"console", required_argument, NULL, 'C'},
+        {"api", required_argument, NULL, 'a'},     {"cpuid-mask", required_argument, NULL, 'M'},
+        {"hugepages", no_argument, NULL, 'H'},     {"no-reboot", no_argument, NULL, 'R'},
+        {"no-pvh", no_argument, NULL, 'P'},        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+    };
+    struct vmm_config cfg = {.cpus = 1, .memory = 256ULL << 20, .restart_on_reboot = true};
+    bool verbose = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
+        switch (opt) {
+        case 'k':
+            cfg.kernel = optarg;
+            break;
+        case 'i':
+            cfg.initrd = optarg;
+            break;
+        case 'c':
+            cfg.cmdline = optarg;
+            break;
+        case 'n': {
+            char *end;
+            unsigned long n = strtoul(optarg, &end, 10);
+            if (*end || n == 0 || n > 254) {
+                fprintf(stderr, "vessel-vmm: --cpus '%s': expected 1..254\n", optarg);
+                return EXIT_SETUP;
+            }
+            cfg.cpus = (unsigned)n;
+            break;
+        }
+        case 'm': {
+            uint64_t size;
+            char *end;
+            strtoull(optarg, &end, 10);
+            if (end != optarg && *end == '\0') {
+                size = strtoull(optarg, NULL, 10) << 20; /* bare number: MiB, like QEMU */
+            } else if (vs_parse_size(optarg, &size) < 0) {
+                fprintf(stderr, "vessel-vmm: --memory: %s\n", vs_error_message());
+                return EXIT_SETUP;
+            }
+            cfg.memory = size;
+            break;
+        }
+        case 'd': {
+            struct vmm_disk_config *d =
+                realloc(cfg.disks, (cfg.disk_count + 1) * sizeof(*cfg.disks));
+            if (!d)
+                return EXIT_SETUP;
+            cfg.disks = d;
+            if (parse_disk(optarg, &cfg.disks[cfg.disk_count]) < 0) {
+                fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
+                return EXIT_SETUP;
+            }
+            cfg.disk_count++;
+            break;
+        }
+        case 'N':
+            fprintf(stderr, "vessel-vmm: --net: virtio-net is not implemented yet\n");
+            return EXIT_SETUP;
+        case 'C':
+            cfg.console = optarg;
+            break;
+        case 'a':
+            cfg.api = optarg;
+            break;
+        case 'M':
+            cfg.cpuid_mask = optarg;
+            break;
+        case 'H':
+            cfg.hugepages = true;
+            break;
+        case 'R':
+            cfg.restart_on_reboot = false;
+            break;
+        case 'P':
+            cfg.no_pvh_fastpath = true;
+            break;
+        case 'v':
+            verbose = true;
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return EXIT_SETUP;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "vessel-vmm: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return EXIT_SETUP;
+    }
+    if (!cfg.kernel) {
+        fprintf(stderr, "vessel-vmm: --kernel FILE is required (see --help)\n");
+        return EXIT_SETUP;
+    }
+
+    /* SIGINT/SIGTERM power the VM off; a thread takes them so vCPU threads never do. */
+    static sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    struct vmm *vmm;
+    int rc = vmm_create(&vmm, &cfg);
+    if (rc < 0) {
+        fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
+        return EXIT_SETUP;
+    }
+    the_vmm = vmm;
+    pthread_t sig_thread;
+    pthread_create(&sig_thread, NULL, signal_thread, &sigs);
+    if (host_is_pvm())
+        fprintf(stderr, "vessel-vmm: warning: KVM here is software-assisted (kvm_pvm): guest "
+                        "kernel code runs emulated, expect slow boots\n");
+    if (verbose)
+        fprintf(stderr, "vessel-vmm: boot: %s\n", vmm_boot_description(vmm));
+
+    struct vmm_result result;
+    rc = vmm_run(vmm, &result);
+    int code;
+    if (rc < 0) {
+        fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
+        code = EXIT_VMM;
+    } else {
+        switch (result.reason) {
+        case VMM_EXIT_POWEROFF:
+            code = EXIT_POWEROFF;
+            break;
+        case VMM_EXIT_REBOOT:
+            code = EXIT_REBOOT;
+            break;
+        case VMM_EXIT_DEBUG:
+            code = EXIT_DEBUG_BASE + (int)(result.exit_code & 63);
+            break;
+        default:
+            fprintf(stderr, "vessel-vmm: guest crashed: %s\n", result.detail);
+            code = EXIT_CRASH;
+        }
+    }
+    if (verbose) {
+        struct rusage ru;
+        getrusage(RUSAGE_SELF, &ru);
+        fprintf(stderr,
+                "vessel-vmm: stopped: %s; first serial byte after %.2f ms; max RSS %ld KiB\n",
+                rc < 0 ? "error" : result.detail, vmm_first_output_ms(vmm), ru.ru_maxrss);
+    }
+    the_vmm = NULL;
+    vmm_destroy(vmm);
+    for (size_t i = 0; i < cfg.disk_count; i++) {
+        free((char *)cfg.disks[i].path);
+        free((char *)cfg.disks[i].format);
+    }
+    free(cfg.disks);
+    return code;
+}
