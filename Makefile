@@ -59,17 +59,18 @@ $(BUILD)/libvessel.a: $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/bin/vessel: $(VESSEL_OBJS) $(BUILD)/libvessel.a
+# Programs link the library's objects, not the archive, so every driver in the registry is in.
+$(BUILD)/bin/vessel: $(VESSEL_OBJS) $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(VESSEL_OBJS) $(BUILD)/libvessel.a $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(VESSEL_OBJS) $(LIB_OBJS) $(LDLIBS)
 
-$(BUILD)/tests/test-%: $(BUILD)/obj/tests/unit/test-%.o $(BUILD)/obj/tests/unit/harness.o $(BUILD)/libvessel.a
+$(BUILD)/tests/test-%: $(BUILD)/obj/tests/unit/test-%.o $(BUILD)/obj/tests/unit/harness.o $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/unit/harness.o $(BUILD)/libvessel.a $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/unit/harness.o $(LIB_OBJS) $(LDLIBS)
 
-$(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(BUILD)/libvessel.a
+$(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(LIB_OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -o $@ $(VMM_OBJS) $(BUILD)/libvessel.a $(LDLIBS)
+	$(CC) $(LDFLAGS) -o $@ $(VMM_OBJS) $(LIB_OBJS) $(LDLIBS)
 
 tests: $(PROGRAMS) guest $(UNIT_BINS)
 

@@ -572,8 +572,8 @@ static void cli_check_json(const struct img_check *r, struct img *img)
     } while (0)
     CHECK_FIELD("image-end-offset", r->image_end_offset);
     CHECK_FIELD("total-clusters", r->total_clusters);
-    json_object_object_add(o, "check-errors", json_object_new_int64((int64_t)r->check_errors));
     CHECK_FIELD("corruptions", r->corruptions);
+    json_object_object_add(o, "check-errors", json_object_new_int64((int64_t)r->check_errors));
     CHECK_FIELD("leaks", r->leaks);
     CHECK_FIELD("corruptions-fixed", r->corruptions_fixed);
     CHECK_FIELD("leaks-fixed", r->leaks_fixed);
@@ -691,6 +691,7 @@ static int cli_convert(int argc, char **argv)
 {
     struct img_convert_params p;
     img_convert_params_init(&p);
+    p.target_flags = IMG_OPEN_NO_FLUSH; /* qemu-img convert defaults to cache=unsafe */
     struct vs_opts opts = {0};
     bool quiet = false, progress = false;
     const char *output_format = NULL;
@@ -759,6 +760,20 @@ static int cli_convert(int argc, char **argv)
             quiet = true;
             break;
         case 't':
+            /* qemu-img's cache modes for the target; unsafe (no fdatasync) is the default */
+            if (!strcmp(optarg, "unsafe")) {
+                p.target_flags = IMG_OPEN_NO_FLUSH;
+            } else if (!strcmp(optarg, "writeback") || !strcmp(optarg, "writethrough")) {
+                p.target_flags = 0;
+            } else if (!strcmp(optarg, "none") || !strcmp(optarg, "directsync")) {
+                p.target_flags = IMG_OPEN_DIRECT;
+            } else {
+                rc = cli_usage_error("cache mode '%s' unknown (unsafe, writeback, writethrough, "
+                                     "none, directsync)",
+                                     optarg);
+                goto out;
+            }
+            break;
         case 'T':
         case 'C':
         case 'z':
@@ -789,6 +804,11 @@ static int cli_convert(int argc, char **argv)
         p.backing_file = vs_opts_take(&opts, "backing_file");
     if (!p.backing_format)
         p.backing_format = vs_opts_take(&opts, "backing_fmt");
+    if (p.backing_file && p.backing_file[0] && !p.backing_format) {
+        rc = cli_usage_error("use of a backing file (-B) requires an explicit backing format "
+                             "(-F)");
+        goto out;
+    }
     p.sources = (const char *const *)&argv[optind];
     p.source_count = (size_t)(argc - optind - 1);
     p.target = argv[argc - 1];

@@ -14,6 +14,7 @@
 
 /* Subsystem entry points (src/cli-*.c): argv[0] is the subsystem's name. */
 int cli_img_main(int argc, char **argv);
+int cli_host_main(int argc, char **argv);
 
 struct vessel_command {
     const char *name;
@@ -23,6 +24,7 @@ struct vessel_command {
 
 static const struct vessel_command vessel_commands[] = {
     {"img", cli_img_main, "create, inspect, convert and repair disk images"},
+    {"host", cli_host_main, "what this host can run (KVM, CPU features)"},
 };
 
 static void vessel_usage(FILE *out)

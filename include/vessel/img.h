@@ -31,6 +31,7 @@ enum img_open_flags {
     IMG_OPEN_NO_LOCK = 1 << 2,    /* skip the OFD lock (qemu-img -U, "force share") */
     IMG_OPEN_DIRECT = 1 << 3,     /* O_DIRECT on the protocol layer */
     IMG_OPEN_CHECK = 1 << 4,      /* open for check/repair: tolerate corruption a check reports */
+    IMG_OPEN_NO_FLUSH = 1 << 5,   /* cache=unsafe: never fdatasync (convert's default, as qemu-img) */
 };
 
 /* Open FILENAME. FORMAT NULL probes it (raw is the fallback). A read-write open takes an exclusive
@@ -204,6 +205,7 @@ struct img_convert_params {
     const char *source_format; /* NULL probes each source */
     int source_flags;          /* extra IMG_OPEN_* for the sources (IMG_OPEN_NO_LOCK for -U) */
     const char *target;
+    int target_flags;           /* extra IMG_OPEN_* for the target (-t: NO_FLUSH, DIRECT) */
     const char *target_format;  /* NULL = raw */
     const char *backing_file;   /* -B: the target's backing; only data above it is copied */
     const char *backing_format; /* -F */

@@ -464,7 +464,7 @@ int img_convert(const struct img_convert_params *params)
         if (rc)
             goto out;
     }
-    rc = img_open(&target, params->target, canonical, IMG_OPEN_RDWR);
+    rc = img_open(&target, params->target, canonical, IMG_OPEN_RDWR | params->target_flags);
     if (rc)
         goto out;
     rc = img_convert_images(

@@ -211,6 +211,8 @@ static int file_pwrite(struct img *img, const void *buf, uint64_t offset, size_t
 static int file_flush(struct img *img)
 {
     struct file_state *s = img->state;
+    if (img->flags & IMG_OPEN_NO_FLUSH)
+        return 0;
     if (fdatasync(s->fd) < 0)
         return vs_error_errno(-errno, "%s: flush failed", img->filename);
     return 0;

@@ -19,7 +19,6 @@
 #include "img/driver.h"
 
 /* Weak until every driver is in the tree; a NULL entry is skipped. */
-extern const struct img_driver img_driver_qcow2 __attribute__((weak));
 extern const struct img_driver img_driver_vmdk __attribute__((weak));
 extern const struct img_driver img_driver_vhd __attribute__((weak));
 extern const struct img_driver img_driver_vdi __attribute__((weak));
@@ -591,10 +590,7 @@ static int img_info_one(struct img *img, struct json_object **out)
         json_object_object_add(o, "format-specific", extra.format_specific);
     if (img->backing_name && img->backing_name[0]) {
         char *full = img_backing_path(img->filename, img->backing_name);
-        char *real = full ? realpath(full, NULL) : NULL;
-        json_object_object_add(o, "full-backing-filename",
-                               json_object_new_string(real ? real : (full ? full : "")));
-        free(real);
+        json_object_object_add(o, "full-backing-filename", json_object_new_string(full ? full : ""));
         free(full);
         json_object_object_add(o, "backing-filename", json_object_new_string(img->backing_name));
         if (img->backing_format)

@@ -93,22 +93,11 @@ static int raw_truncate(struct img *img, uint64_t size, int flags, const char *p
 static int raw_measure(struct vs_opts *opts, struct img *source, uint64_t size,
                        uint64_t *required, uint64_t *fully_allocated)
 {
-    const char *prealloc = vs_opts_take(opts, "preallocation");
-    bool full = prealloc && strcmp(prealloc, "off") != 0;
-    uint64_t data = 0;
-    if (source) {
+    /* like qemu-img: a raw image needs its whole virtual size, holes or not */
+    vs_opts_take(opts, "preallocation");
+    if (source)
         size = img_size(source);
-        for (uint64_t off = 0; off < size;) {
-            struct img_extent ext;
-            int rc = img_block_status(source, off, size - off, &ext);
-            if (rc)
-                return rc;
-            if (!(ext.flags & IMG_STATUS_ZERO))
-                data += ext.length;
-            off += ext.length;
-        }
-    }
-    *required = full ? size : data;
+    *required = size;
     *fully_allocated = size;
     return 0;
 }
