@@ -90,7 +90,7 @@ deps-check:
 # The two commands of the README.
 demo: deps
 	$(MAKE) all
-	scripts/demo.sh build/bin/vessel
+	scripts/demo.sh build/bin
 
 check: deps-check
 	$(MAKE) BUILD=build/asan SANITIZE=1 tests

@@ -91,7 +91,7 @@ static int cli_parse_uint(const char *text, const char *what, uint64_t min, uint
 {
     char *end;
     errno = 0;
-    unsigned long long v = strtoull(text, &end, 10);
+    unsigned long long v = strtoull(text, &end, 0);
     if (!text[0] || *end || errno || text[0] == '-' || v < min || v > max)
         return cli_usage_error("invalid %s '%s' (expected an integer from %llu to %llu)", what,
                                text, (unsigned long long)min, (unsigned long long)max);
