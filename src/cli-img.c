@@ -1429,15 +1429,25 @@ static int cli_measure(int argc, char **argv)
         cli_fail(1);
         goto out;
     }
+    /* qemu-img reports the space for persistent bitmaps between two qcow2 images; vessel
+     * converts copy no bitmaps, so that is 0 */
+    bool bitmaps =
+        src && !strcmp(img_format(src), "qcow2") &&
+        !strcmp(img_format_canonical(output_format) ? img_format_canonical(output_format) : "",
+                "qcow2");
     img_close(src);
     if (output == CLI_OUTPUT_JSON) {
         struct json_object *o = json_object_new_object();
+        if (bitmaps)
+            json_object_object_add(o, "bitmaps", json_object_new_int64(0));
         json_object_object_add(o, "required", json_object_new_int64((int64_t)required));
         json_object_object_add(o, "fully-allocated", json_object_new_int64((int64_t)full));
         cli_json_print(o);
         json_object_put(o);
     } else {
         printf("required size: %" PRIu64 "\nfully allocated size: %" PRIu64 "\n", required, full);
+        if (bitmaps)
+            printf("bitmaps size: 0\n");
     }
     rc = 0;
 out:
