@@ -10,7 +10,7 @@ SANITIZE ?= 0
 PREFIX   ?= /usr/local
 CC       ?= cc
 
-PKGS      := json-c libzstd zlib
+PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # lib/vmm: decompressors for bzImage payloads (lz4, xz/lzma, bzip2; zstd and zlib are above).
