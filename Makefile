@@ -75,7 +75,7 @@ $(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(LIB_OBJS)
 tests: $(PROGRAMS) guest $(UNIT_BINS)
 
 # libFuzzer targets: clang, ASan+UBSan, the library compiled into each target.
-FUZZ_CFLAGS := $(CFLAGS_COMMON) -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS := $(CFLAGS_COMMON) -Wno-format-nonliteral -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 build/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(LIB_SRCS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRCS) $(PKG_LIBS) -lpthread

@@ -41,6 +41,9 @@ static void usage(FILE *out)
             "  --cpus N             vCPUs (default 1)\n"
             "  --memory SIZE        guest RAM: 512 (MiB), 2G, … (default 256M)\n"
             "  --disk FILE[,format=FMT][,readonly]   virtio-blk disk (repeatable)\n"
+            "  --net tap=NAME[,mac=MAC]   virtio-net NIC on tap NAME (repeatable)\n"
+            "  --rng                virtio-rng (entropy from the host's getrandom)\n"
+            "  --balloon            virtio-balloon (target via the API \"balloon\" command)\n"
             "  --console stdio|file:PATH|pty|unix:PATH|none   serial console (default stdio)\n"
             "  --api unix:PATH      JSON control socket\n"
             "  --cpuid-mask LIST    hide CPU features from the guest (xsave,avx,cx16,…)\n"
@@ -82,6 +85,63 @@ static int parse_disk(const char *arg, struct vmm_disk_config *disk)
     return 0;
 }
 
+static int parse_net(const char *arg, struct vmm_net_config *net)
+{
+    char *copy = vs_strdup(arg);
+    if (!copy)
+        return -ENOMEM;
+    char *save = NULL;
+    int rc = 0;
+    memset(net, 0, sizeof(*net));
+    for (char *opt = strtok_r(copy, ",", &save); opt && rc == 0; opt = strtok_r(NULL, ",", &save)) {
+        if (strncmp(opt, "tap=", 4) == 0 && opt[4]) {
+            free((char *)net->tap);
+            net->tap = vs_strdup(opt + 4);
+        } else if (strncmp(opt, "mac=", 4) == 0) {
+            unsigned b[6];
+            char end;
+            if (sscanf(opt + 4, "%2x:%2x:%2x:%2x:%2x:%2x%c", &b[0], &b[1], &b[2], &b[3], &b[4],
+                       &b[5], &end) != 6 ||
+                (b[0] & 1))
+                rc = vs_error(-EINVAL,
+                              "--net '%s': mac '%s' is not a unicast MAC like "
+                              "52:54:00:12:34:56",
+                              arg, opt + 4);
+            for (int i = 0; i < 6; i++)
+                net->mac[i] = (uint8_t)b[i];
+            net->mac_set = true;
+        } else {
+            rc = vs_error(-EINVAL, "--net '%s': unknown option '%s' (tap=NAME, mac=MAC)", arg, opt);
+        }
+    }
+    if (rc == 0 && !net->tap)
+        rc = vs_error(-EINVAL,
+                      "--net '%s': tap=NAME is required (the tap interface to attach; "
+                      "created when absent)",
+                      arg);
+    free(copy);
+    return rc;
+}
+
+/* Image drivers the registry only knows weakly: referencing them here links them in. */
+extern const char img_driver_qcow2[];
+__attribute__((used)) static const void *const linked_image_drivers[] = {img_driver_qcow2};
+
+/* The parsed configuration; freed at exit whichever way main returns. */
+static struct vmm_config cfg = {.cpus = 1, .memory = 256ULL << 20, .restart_on_reboot = true};
+
+static void config_free(void)
+{
+    for (size_t i = 0; i < cfg.disk_count; i++) {
+        free((char *)cfg.disks[i].path);
+        free((char *)cfg.disks[i].format);
+    }
+    free(cfg.disks);
+    for (size_t i = 0; i < cfg.net_count; i++)
+        free((char *)cfg.nets[i].tap);
+    free(cfg.nets);
+}
+
 static struct vmm *the_vmm;
 
 static void *signal_thread(void *arg)
@@ -97,13 +157,6 @@ static void *signal_thread(void *arg)
     return NULL;
 }
 
-static bool host_is_pvm(void)
-{
-    struct vmm_host_info info;
-    vmm_host_info(&info);
-    return info.kvm_kind == VMM_KVM_PVM;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -114,9 +167,10 @@ int main(int argc, char **argv)
         {"api", required_argument, NULL, 'a'},     {"cpuid-mask", required_argument, NULL, 'M'},
         {"hugepages", no_argument, NULL, 'H'},     {"no-reboot", no_argument, NULL, 'R'},
         {"no-pvh", no_argument, NULL, 'P'},        {"verbose", no_argument, NULL, 'v'},
+        {"rng", no_argument, NULL, 'r'},           {"balloon", no_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
-    struct vmm_config cfg = {.cpus = 1, .memory = 256ULL << 20, .restart_on_reboot = true};
+    atexit(config_free);
     bool verbose = false;
     int opt;
     while ((opt = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
@@ -159,16 +213,29 @@ int main(int argc, char **argv)
             if (!d)
                 return EXIT_SETUP;
             cfg.disks = d;
-            if (parse_disk(optarg, &cfg.disks[cfg.disk_count]) < 0) {
+            if (parse_disk(optarg, &cfg.disks[cfg.disk_count++]) < 0) { /* counted: freed at exit */
                 fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
                 return EXIT_SETUP;
             }
-            cfg.disk_count++;
             break;
         }
-        case 'N':
-            fprintf(stderr, "vessel-vmm: --net: virtio-net is not implemented yet\n");
-            return EXIT_SETUP;
+        case 'N': {
+            struct vmm_net_config *nv = realloc(cfg.nets, (cfg.net_count + 1) * sizeof(*cfg.nets));
+            if (!nv)
+                return EXIT_SETUP;
+            cfg.nets = nv;
+            if (parse_net(optarg, &cfg.nets[cfg.net_count++]) < 0) { /* counted: freed at exit */
+                fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
+                return EXIT_SETUP;
+            }
+            break;
+        }
+        case 'r':
+            cfg.rng = true;
+            break;
+        case 'B':
+            cfg.balloon = true;
+            break;
         case 'C':
             cfg.console = optarg;
             break;
@@ -225,7 +292,7 @@ int main(int argc, char **argv)
     the_vmm = vmm;
     pthread_t sig_thread;
     pthread_create(&sig_thread, NULL, signal_thread, &sigs);
-    if (host_is_pvm())
+    if (vmm_host_is_pvm())
         fprintf(stderr, "vessel-vmm: warning: KVM here is software-assisted (kvm_pvm): guest "
                         "kernel code runs emulated, expect slow boots\n");
     if (verbose)
@@ -262,10 +329,5 @@ int main(int argc, char **argv)
     }
     the_vmm = NULL;
     vmm_destroy(vmm);
-    for (size_t i = 0; i < cfg.disk_count; i++) {
-        free((char *)cfg.disks[i].path);
-        free((char *)cfg.disks[i].format);
-    }
-    free(cfg.disks);
     return code;
 }

@@ -15,6 +15,7 @@
 /* Subsystem entry points (src/cli-*.c): argv[0] is the subsystem's name. */
 int cli_img_main(int argc, char **argv);
 int cli_host_main(int argc, char **argv);
+int cli_guest_main(int argc, char **argv);
 
 struct vessel_command {
     const char *name;
@@ -25,6 +26,7 @@ struct vessel_command {
 static const struct vessel_command vessel_commands[] = {
     {"img", cli_img_main, "create, inspect, convert and repair disk images"},
     {"host", cli_host_main, "what this host can run (KVM, CPU features)"},
+    {"guest", cli_guest_main, "files, partitions and boot entries of guest disks"},
 };
 
 static void vessel_usage(FILE *out)

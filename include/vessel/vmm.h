@@ -28,6 +28,13 @@ struct vmm_disk_config {
     bool readonly;
 };
 
+/* One --net: a virtio-net NIC on an existing or new tap interface. */
+struct vmm_net_config {
+    const char *tap; /* interface name (created when absent, if we may) */
+    uint8_t mac[6];
+    bool mac_set; /* else a locally administered MAC derived from the tap name */
+};
+
 struct vmm_config {
     const char *kernel;  /* bzImage or PVH ELF (vmlinux, the probe guest) */
     const char *initrd;  /* optional */
@@ -44,6 +51,10 @@ struct vmm_config {
     bool restart_on_reboot; /* guest reboot rebuilds the machine instead of returning */
     struct vmm_disk_config *disks;
     size_t disk_count;
+    struct vmm_net_config *nets;
+    size_t net_count;
+    bool rng;     /* attach virtio-rng (host getrandom) */
+    bool balloon; /* attach virtio-balloon (inflate, deflate, stats) */
 };
 
 /* Why vmm_run returned. vessel-vmm turns these into its documented exit codes. */
@@ -76,6 +87,9 @@ enum vmm_request {
     VMM_REQUEST_CTRL_ALT_DEL,
 };
 int vmm_request(struct vmm *vmm, enum vmm_request request);
+/* Ask the guest's balloon driver to hold PAGES 4 KiB pages (virtio-balloon num_pages).
+ * -ENODEV when the VM has no balloon. */
+int vmm_balloon_set_target(struct vmm *vmm, uint64_t pages);
 /* "running", "paused", "stopping" */
 const char *vmm_state_name(struct vmm *vmm);
 /* The boot path taken ("PVH fast path: lz4 payload …"). */
@@ -117,5 +131,7 @@ struct vmm_host_info {
 const char *vmm_kvm_kind_name(enum vmm_kvm_kind kind);
 /* Never fails: facts that can't be read stay zero / false. */
 void vmm_host_info(struct vmm_host_info *info);
+/* Cheap check (one access(2)) for the kvm_pvm module: guest ring 0 is emulated here. */
+bool vmm_host_is_pvm(void);
 
 #endif

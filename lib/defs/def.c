@@ -46,6 +46,8 @@ const char *vm_nic_model_name(enum vm_nic_model m)
 /* ---- messages -------------------------------------------------------------------------------- */
 
 static void format_prefixed(char *buf, size_t len, const char *source, int line, const char *key,
+                            const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+static void format_prefixed(char *buf, size_t len, const char *source, int line, const char *key,
                             const char *fmt, va_list ap)
 {
     size_t n = 0;

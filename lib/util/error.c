@@ -16,6 +16,7 @@
 
 static _Thread_local char error_buf[ERROR_MAX];
 
+static void error_vset(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static void error_vset(const char *fmt, va_list ap)
 {
     vsnprintf(error_buf, sizeof(error_buf), fmt, ap);

@@ -4,8 +4,9 @@
  * Each request is one line holding a JSON object {"cmd": NAME}; each answer is one line,
  * {"ok": true, …} or {"ok": false, "error": MESSAGE}. Commands: status, pause, resume,
  * powerbutton (ACPI power button: the guest shuts itself down), poweroff, reset, ctrl-alt-del,
- * stats. One thread polls the listening socket, every client and a wake pipe; requests go through
- * vmm_request, so the socket can never do what a signal or the library caller couldn't.
+ * balloon (set the balloon target), stats. One thread polls the listening socket, every client and
+ * a wake pipe; requests go through vmm_request, so the socket can never do what a signal or the
+ * library caller couldn't.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -94,6 +95,26 @@ static json_object *handle(struct control *c, const char *line)
         json_object_object_add(
             r, "uptime_ms",
             json_object_new_int64((int64_t)((vs_now_ns() - v->created_ns) / 1000000)));
+    } else if (strcmp(cmd, "balloon") == 0) {
+        /* {"cmd":"balloon","pages":N} or {"cmd":"balloon","target_mib":N}: the guest's balloon
+         * should hold N pages (the guest gives that memory back to the host). */
+        json_object *arg;
+        int64_t pages = -1;
+        if (json_object_object_get_ex(req, "pages", &arg) &&
+            json_object_is_type(arg, json_type_int))
+            pages = json_object_get_int64(arg);
+        else if (json_object_object_get_ex(req, "target_mib", &arg) &&
+                 json_object_is_type(arg, json_type_int))
+            pages = json_object_get_int64(arg) * 256;
+        if (pages < 0) {
+            json_object_put(r);
+            r = reply_error("balloon: expected \"pages\" or \"target_mib\" (a number >= 0)");
+        } else if (vmm_balloon_set_target(v, (uint64_t)pages) < 0) {
+            json_object_put(r);
+            r = reply_error(vs_error_message());
+        } else {
+            json_object_object_add(r, "target_pages", json_object_new_int64(pages));
+        }
     } else if (strcmp(cmd, "stats") == 0) {
         pthread_mutex_lock(&v->machine_lock);
         if (v->machine) {
@@ -110,7 +131,7 @@ static json_object *handle(struct control *c, const char *line)
         char msg[200];
         snprintf(msg, sizeof(msg),
                  "unknown command '%.40s' (status, pause, resume, powerbutton, "
-                 "poweroff, reset, ctrl-alt-del, stats)",
+                 "poweroff, reset, ctrl-alt-del, balloon, stats)",
                  cmd);
         r = reply_error(msg);
     }

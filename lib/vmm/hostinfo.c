@@ -162,3 +162,8 @@ void vmm_host_info(struct vmm_host_info *info)
     else if (access("/sys/fs/cgroup/cpu", F_OK) == 0 || access("/sys/fs/cgroup/memory", F_OK) == 0)
         info->cgroup_version = 1;
 }
+
+bool vmm_host_is_pvm(void)
+{
+    return access("/sys/module/kvm_pvm", F_OK) == 0;
+}

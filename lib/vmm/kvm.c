@@ -164,6 +164,12 @@ static int memory_setup(struct machine *m)
         m->mem.count = 2;
     }
     m->mem.ram_size = size;
+    return 0;
+}
+
+/* Give guest RAM to KVM (on the setup thread: see vm_setup). Returns 0 or -errno. */
+static int memory_register(struct machine *m)
+{
     for (unsigned i = 0; i < m->mem.count; i++) {
         struct kvm_userspace_memory_region r = {
             .slot = i,
@@ -172,8 +178,48 @@ static int memory_setup(struct machine *m)
             .userspace_addr = (uintptr_t)m->mem.regions[i].host,
         };
         if (ioctl(m->vm_fd, KVM_SET_USER_MEMORY_REGION, &r) < 0)
-            return vs_error_errno(-errno, "KVM_SET_USER_MEMORY_REGION slot %u", i);
+            return -errno;
     }
+    return 0;
+}
+
+/* The in-kernel irqchip, PIT and memory slots. Each of these waits for a KVM grace period
+ * (milliseconds on a busy host), so they run on a thread of their own while the main thread
+ * loads the kernel and builds the devices; machine_vm_ready joins it before the vCPUs exist. */
+static void *vm_setup_thread(void *arg)
+{
+    struct machine *m = arg;
+    struct kvm_pit_config pit = {.flags = 0};
+    if (ioctl(m->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0) {
+        m->setup_rc = -errno;
+        m->setup_step = "KVM_CREATE_IRQCHIP";
+    } else if (ioctl(m->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
+        m->setup_rc = -errno;
+        m->setup_step = "KVM_CREATE_PIT2";
+    }
+    return NULL;
+}
+
+/* The memory slots on a second thread: their grace period overlaps the irqchip's. */
+static void *vm_memory_thread(void *arg)
+{
+    struct machine *m = arg;
+    if ((m->memory_rc = memory_register(m)) < 0)
+        m->memory_step = "KVM_SET_USER_MEMORY_REGION";
+    return NULL;
+}
+
+static int machine_vm_ready(struct machine *m)
+{
+    if (m->memory_started)
+        pthread_join(m->memory_thread, NULL);
+    if (m->setup_started)
+        pthread_join(m->setup_thread, NULL);
+    m->setup_started = m->memory_started = false;
+    if (m->setup_rc < 0)
+        return vs_error_errno(m->setup_rc, "%s", m->setup_step);
+    if (m->memory_rc < 0)
+        return vs_error_errno(m->memory_rc, "%s", m->memory_step);
     return 0;
 }
 
@@ -189,12 +235,18 @@ static int vm_setup(struct machine *m)
         uint64_t ident = 0xfffbc000ULL;
         ioctl(m->vm_fd, KVM_SET_IDENTITY_MAP_ADDR, &ident);
     }
-    if (ioctl(m->vm_fd, KVM_CREATE_IRQCHIP, 0) < 0)
-        return vs_error_errno(-errno, "KVM_CREATE_IRQCHIP");
-    struct kvm_pit_config pit = {.flags = 0};
-    if (ioctl(m->vm_fd, KVM_CREATE_PIT2, &pit) < 0)
-        return vs_error_errno(-errno, "KVM_CREATE_PIT2");
-    return memory_setup(m);
+    int rc = memory_setup(m);
+    if (rc < 0)
+        return rc;
+    if (pthread_create(&m->memory_thread, NULL, vm_memory_thread, m) == 0)
+        m->memory_started = true;
+    else
+        vm_memory_thread(m); /* no thread: do it inline */
+    if (pthread_create(&m->setup_thread, NULL, vm_setup_thread, m) == 0)
+        m->setup_started = true;
+    else
+        vm_setup_thread(m);
+    return 0;
 }
 
 /* ---- vCPUs ----------------------------------------------------------------------------------- */
@@ -220,25 +272,23 @@ static void set_msrs(struct vcpu *v)
         0xc0000081, 0xc0000082, 0xc0000083, 0xc0000084, /* STAR LSTAR CSTAR FMASK */
         0xc0000102, 0x10,                               /* KERNEL_GS_BASE, TSC */
     };
-    struct {
-        struct kvm_msrs hdr;
-        struct kvm_msr_entry e[16];
-    } msrs;
-    memset(&msrs, 0, sizeof(msrs));
+    struct kvm_msr_entry e[16];
+    memset(e, 0, sizeof(e));
     unsigned n = 0;
     for (size_t i = 0; i < VS_ARRAY_SIZE(zeroed); i++)
-        msrs.e[n++].index = zeroed[i];
-    msrs.e[n].index = 0x1a0; /* IA32_MISC_ENABLE: fast strings */
-    msrs.e[n++].data = 1;
-    msrs.e[n].index = 0x2ff; /* MTRRdefType: MTRRs on, default write-back */
-    msrs.e[n++].data = (1 << 11) | 6;
-    /* Set one at a time: a KVM that refuses one MSR (PVM) must not lose the others. */
+        e[n++].index = zeroed[i];
+    e[n].index = 0x1a0; /* IA32_MISC_ENABLE: fast strings */
+    e[n++].data = 1;
+    e[n].index = 0x2ff; /* MTRRdefType: MTRRs on, default write-back */
+    e[n++].data = (1 << 11) | 6;
+    /* Set one at a time: a KVM that refuses one MSR (PVM) must not lose the others. The header
+     * and its one entry share an aligned buffer (struct kvm_msrs ends in a flexible array). */
     for (unsigned i = 0; i < n; i++) {
-        struct {
-            struct kvm_msrs hdr;
-            struct kvm_msr_entry e;
-        } one = {.hdr = {.nmsrs = 1}, .e = msrs.e[i]};
-        ioctl(v->fd, KVM_SET_MSRS, &one);
+        uint64_t buf[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = {0};
+        struct kvm_msrs *one = (struct kvm_msrs *)buf;
+        one->nmsrs = 1;
+        one->entries[0] = e[i];
+        ioctl(v->fd, KVM_SET_MSRS, one);
     }
 }
 
@@ -562,7 +612,14 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
     for (size_t i = 0; i < config->disk_count; i++)
         if ((rc = virtio_blk_create(m, &config->disks[i])) < 0)
             return rc;
-    if ((rc = boot_load(m)) < 0)
+    for (size_t i = 0; i < config->net_count; i++)
+        if ((rc = virtio_net_create(m, &config->nets[i])) < 0)
+            return rc;
+    if (config->rng && (rc = virtio_rng_create(m)) < 0)
+        return rc;
+    if (config->balloon && (rc = virtio_balloon_create(m)) < 0)
+        return rc;
+    if ((rc = boot_load(m)) < 0 || (rc = machine_vm_ready(m)) < 0)
         return rc;
     m->vcpus = vs_calloc(m->vcpu_count, sizeof(*m->vcpus));
     if (!m->vcpus)
@@ -614,6 +671,7 @@ void machine_destroy(struct machine *m)
 {
     if (!m)
         return;
+    machine_vm_ready(m); /* a failed build may leave the setup thread running */
     /* Devices go first: their worker threads touch guest memory. */
     for (size_t i = m->device_count; i-- > 0;)
         if (m->devices[i].destroy)

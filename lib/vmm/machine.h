@@ -160,6 +160,14 @@ struct machine {
     struct vcpu *vcpus;
     unsigned vcpu_count;
     struct kvm_cpuid2 *cpuid;
+    pthread_t setup_thread; /* irqchip, PIT, memory slots (kvm.c: vm_setup) */
+    bool setup_started;
+    int setup_rc;
+    const char *setup_step;
+    pthread_t memory_thread; /* memory slots */
+    bool memory_started;
+    int memory_rc;
+    const char *memory_step;
 
     pthread_mutex_t lock; /* state, stop request */
     pthread_cond_t cond;
@@ -177,6 +185,7 @@ struct machine {
     struct pm *pm;
     struct pci *pci;
     struct i8042 *i8042;
+    struct balloon *balloon;
     uint64_t start_ns;
     _Atomic uint64_t first_output_ns;
     bool pvm_host;
@@ -247,6 +256,11 @@ void i8042_ctrl_alt_del(struct machine *m); /* queue the key presses */
 int rtc_create(struct machine *m);
 int pci_create(struct machine *m);
 int virtio_blk_create(struct machine *m, const struct vmm_disk_config *disk);
+int virtio_net_create(struct machine *m, const struct vmm_net_config *net);
+int virtio_rng_create(struct machine *m);
+int virtio_balloon_create(struct machine *m);
+/* Set the balloon's target (pages) and tell the driver; -ENODEV without a balloon. */
+int virtio_balloon_set_target(struct machine *m, uint32_t pages);
 
 /* ---- the VMM object ----------------------------------------------------------------------- */
 

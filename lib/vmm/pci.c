@@ -84,11 +84,14 @@ static void pci_update_bars(struct machine *m, struct pci_device *dev)
             want = 0; /* over RAM: refuse */
         if (want == b->mapped)
             continue;
+        uint64_t old = b->mapped;
         if (b->mapped)
             bus_unregister(&m->mmio, b->mapped, b->opaque);
         b->mapped = 0;
         if (want && bus_register(&m->mmio, want, b->size, b->fn, b->opaque, dev->name) == 0)
             b->mapped = want;
+        if (dev->bar_moved && old != b->mapped)
+            dev->bar_moved(dev, i, old, b->mapped);
     }
 }
 

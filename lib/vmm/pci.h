@@ -27,6 +27,8 @@ struct pci_device {
     unsigned cap_end; /* where the next capability goes */
     /* Writes to the capability area (offset >= 0x40) after cfg[] was updated. Optional. */
     void (*cap_write)(struct pci_device *dev, unsigned offset, unsigned size);
+    /* BAR N moved on the MMIO bus from OLD to NEW (0 = unmapped). Optional. */
+    void (*bar_moved)(struct pci_device *dev, int bar, uint64_t old_addr, uint64_t new_addr);
     void *owner;
 };
 

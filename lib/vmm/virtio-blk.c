@@ -217,19 +217,33 @@ static void blk_process(struct blk *b)
 {
     pthread_mutex_lock(&b->lock);
     struct virtq *q = virtio_pci_queue(b->vp, 0);
-    bool any = false;
-    for (;;) {
+    bool any = false, notify = true;
+    /* Kicks may arrive through the ioeventfd before the queue is enabled: check ready. While
+     * we work the driver need not kick (each kick is a trap); re-enabled when the ring runs dry,
+     * then checked once more for a request that raced with the flag. */
+    while (q->ready && !q->broken) {
         int rc = virtq_pop(q, b->chain);
+        if (rc == 0 && !notify) {
+            virtq_set_notify(q, true);
+            notify = true;
+            continue;
+        }
         if (rc == 0)
             break;
         if (rc < 0) {
             virtio_pci_needs_reset(b->vp, q->error);
             break;
         }
+        if (notify) {
+            virtq_set_notify(q, false);
+            notify = false;
+        }
         uint32_t written = blk_request(b, b->chain);
         virtq_push(q, b->chain->head, written);
         any = true;
     }
+    if (!notify && q->ready)
+        virtq_set_notify(q, true);
     pthread_mutex_unlock(&b->lock);
     if (any)
         virtio_pci_interrupt(b->vp, 0);
@@ -261,6 +275,12 @@ static void blk_notify(void *opaque, unsigned q)
     if (write(b->kick_fd, &one, sizeof(one)) < 0) {
         /* the counter saturating still wakes the worker */
     }
+}
+
+static int blk_queue_eventfd(void *opaque, unsigned q)
+{
+    struct blk *b = opaque;
+    return q == 0 ? b->kick_fd : -1;
 }
 
 static void blk_reset(void *opaque)
@@ -317,6 +337,7 @@ static const struct virtio_device_ops blk_ops = {
     .pci_class = 0x0100, /* mass storage, SCSI */
     .config_read = blk_config_read,
     .queue_notify = blk_notify,
+    .queue_eventfd = blk_queue_eventfd,
     .reset = blk_reset,
 };
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 
 #include "vmm/virtio.h"
 
@@ -93,6 +94,17 @@ void virtio_pci_needs_reset(struct virtio_pci *vp, const char *why)
     vs_warn("%s: guest broke a virtqueue, device needs reset: %s", vp->p.ops->name, why);
     pthread_mutex_lock(&vp->msix_lock);
     __atomic_or_fetch(&vp->status, VIRTIO_STATUS_NEEDS_RESET, __ATOMIC_SEQ_CST);
+    vp->isr |= 2;
+    msix_fire_locked(vp, vp->msix_config);
+    pthread_mutex_unlock(&vp->msix_lock);
+}
+
+void virtio_pci_config_changed(struct virtio_pci *vp)
+{
+    pthread_mutex_lock(&vp->lock);
+    vp->config_generation++;
+    pthread_mutex_unlock(&vp->lock);
+    pthread_mutex_lock(&vp->msix_lock);
     vp->isr |= 2;
     msix_fire_locked(vp, vp->msix_config);
     pthread_mutex_unlock(&vp->msix_lock);
@@ -376,6 +388,41 @@ static void bar_io(void *opaque, uint64_t off, uint8_t *data, unsigned size, boo
     pthread_mutex_unlock(&vp->lock);
 }
 
+/* ---- ioeventfd: queue kicks that never leave the kernel ---------------------------------------
+ */
+
+static void notify_ioeventfd(struct virtio_pci *vp, uint64_t bar_addr, bool assign)
+{
+    for (unsigned q = 0; q < vp->p.num_queues; q++) {
+        int fd = vp->p.ops->queue_eventfd(vp->p.dev, q);
+        if (fd < 0)
+            continue;
+        struct kvm_ioeventfd e = {
+            .addr = bar_addr + OFF_NOTIFY + (uint64_t)q * NOTIFY_MULT,
+            .len = 0, /* any access width (KVM_CAP_IOEVENTFD_ANY_LENGTH) */
+            .fd = fd,
+            .flags = assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN,
+        };
+        if (ioctl(vp->machine->vm_fd, KVM_IOEVENTFD, &e) < 0) {
+            e.len = 2; /* the width the virtio spec uses */
+            if (ioctl(vp->machine->vm_fd, KVM_IOEVENTFD, &e) < 0 && assign)
+                vs_warn("%s: KVM_IOEVENTFD for queue %u failed: kicks go through the VMM",
+                        vp->p.ops->name, q);
+        }
+    }
+}
+
+static void bar_moved(struct pci_device *dev, int bar, uint64_t old_addr, uint64_t new_addr)
+{
+    struct virtio_pci *vp = dev->owner;
+    if (bar != 0 || !vp->p.ops->queue_eventfd)
+        return;
+    if (old_addr)
+        notify_ioeventfd(vp, old_addr, false);
+    if (new_addr)
+        notify_ioeventfd(vp, new_addr, true);
+}
+
 /* ---- construction ---------------------------------------------------------------------------- */
 
 static void add_virtio_cap(struct pci_device *dev, uint8_t type, uint32_t off, uint32_t len,
@@ -436,6 +483,7 @@ int virtio_pci_create(struct machine *m, const struct virtio_pci_params *params,
     vp->msix_cap = pci_add_capability(dev, 0x11, msix, sizeof(msix));
     memcpy(vp->cfg_template, dev->cfg, sizeof(dev->cfg));
     dev->cap_write = msix_cap_write;
+    dev->bar_moved = bar_moved;
     int rc = pci_register(m, dev);
     if (rc < 0) {
         virtio_pci_destroy(vp);

@@ -27,6 +27,10 @@ struct virtio_device_ops {
     void (*config_write)(void *dev, uint64_t off, const uint8_t *data, unsigned size);
     /* The driver kicked queue Q (vCPU thread: hand the work off, don't do it here). */
     void (*queue_notify)(void *dev, unsigned q);
+    /* The eventfd the device's worker waits on for queue Q, or -1. When given, the transport
+     * registers it with KVM (ioeventfd) on the queue's notify address, so a kick wakes the worker
+     * without the vCPU leaving the kernel; the worker must then check the queue is ready. */
+    int (*queue_eventfd)(void *dev, unsigned q);
     /* DRIVER_OK was set: queues are ready to use. */
     void (*activate)(void *dev);
     /* The driver reset the device: stop touching the queues before returning. */
@@ -50,6 +54,8 @@ struct virtq *virtio_pci_queue(struct virtio_pci *vp, unsigned q);
 uint64_t virtio_pci_features(struct virtio_pci *vp); /* negotiated */
 /* Used buffers were added to queue Q: interrupt the driver if it wants one. */
 void virtio_pci_interrupt(struct virtio_pci *vp, unsigned q);
+/* The device config space changed (balloon target, …): bump the generation, config interrupt. */
+void virtio_pci_config_changed(struct virtio_pci *vp);
 /* The guest broke a ring: set DEVICE_NEEDS_RESET and send a config interrupt. */
 void virtio_pci_needs_reset(struct virtio_pci *vp, const char *why);
 

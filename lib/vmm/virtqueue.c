@@ -151,6 +151,11 @@ int virtq_pop(struct virtq *q, struct virtq_chain *c)
     return 1;
 }
 
+void virtq_unpop(struct virtq *q)
+{
+    q->last_avail--;
+}
+
 int virtq_push(struct virtq *q, uint16_t head, uint32_t len)
 {
     uint8_t *used = guest_mem_ptr(q->mem, q->used, 6 + 8ULL * q->size);
@@ -163,6 +168,15 @@ int virtq_push(struct virtq *q, uint16_t head, uint32_t len)
     q->used_idx++;
     __atomic_store_n((uint16_t *)(used + 2), q->used_idx, __ATOMIC_RELEASE);
     return 0;
+}
+
+void virtq_set_notify(struct virtq *q, bool enable)
+{
+    uint8_t *used = guest_mem_ptr(q->mem, q->used, 2);
+    if (!used)
+        return;
+    __atomic_store_n((uint16_t *)used, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY, __ATOMIC_RELAXED);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST); /* then re-check the avail ring */
 }
 
 bool virtq_should_interrupt(struct virtq *q)

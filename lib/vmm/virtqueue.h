@@ -15,6 +15,7 @@
 #define VIRTQ_DESC_F_WRITE         2
 #define VIRTQ_DESC_F_INDIRECT      4
 #define VIRTQ_AVAIL_F_NO_INTERRUPT 1
+#define VIRTQ_USED_F_NO_NOTIFY     1
 
 struct virtq {
     const struct guest_mem *mem;
@@ -45,8 +46,13 @@ int virtq_validate(struct virtq *q);
 /* Pop the next available chain: 1 popped, 0 ring empty, -EINVAL ring broken (q->error says why,
  * and q->broken stays set). */
 int virtq_pop(struct virtq *q, struct virtq_chain *chain);
+/* Give back the chain virtq_pop just returned (the device could not use it yet). */
+void virtq_unpop(struct virtq *q);
 /* Put HEAD on the used ring with LEN bytes written. */
 int virtq_push(struct virtq *q, uint16_t head, uint32_t len);
+/* Ask the driver to kick (ENABLE) or not to bother (device busy, VIRTQ_USED_F_NO_NOTIFY). After
+ * enabling, pop again: a buffer added just before the flag changed would otherwise wait. */
+void virtq_set_notify(struct virtq *q, bool enable);
 /* Does the driver want an interrupt now (no VIRTQ_AVAIL_F_NO_INTERRUPT)? */
 bool virtq_should_interrupt(struct virtq *q);
 

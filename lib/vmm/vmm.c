@@ -97,6 +97,17 @@ int vmm_request(struct vmm *v, enum vmm_request request)
     return rc;
 }
 
+int vmm_balloon_set_target(struct vmm *v, uint64_t pages)
+{
+    pthread_mutex_lock(&v->machine_lock);
+    int rc = !v->machine ? vs_error(-EAGAIN, "the VM is rebooting")
+             : pages > UINT32_MAX
+                 ? vs_error(-EINVAL, "balloon: %llu pages is too many", (unsigned long long)pages)
+                 : virtio_balloon_set_target(v->machine, (uint32_t)pages);
+    pthread_mutex_unlock(&v->machine_lock);
+    return rc;
+}
+
 const char *vmm_state_name(struct vmm *v)
 {
     pthread_mutex_lock(&v->machine_lock);

@@ -1,0 +1,177 @@
+/*
+ * vessel/guestfs.h — guest disks from outside: partition tables, ext2/3/4 files, boot configs.
+ *
+ * Everything sits on the image engine (vessel/img.h): a partition is a byte window of an open
+ * image, and a filesystem is read and written through that window, so the same code works on raw,
+ * qcow2, vmdk, vhd and on any overlay chain. Parsers of untrusted bytes (partition tables, boot
+ * configs) take plain buffers or a read callback so they can be unit-tested and fuzzed alone.
+ * Failures are negative errnos with a one-line message (vs_error_message()) naming the image,
+ * partition, file and line.
+ */
+#ifndef VESSEL_GUESTFS_H
+#define VESSEL_GUESTFS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "vessel/img.h"
+
+/* ---- partition tables ------------------------------------------------------------------------ */
+
+enum guestfs_scheme {
+    GUESTFS_SCHEME_NONE, /* no table: the whole disk is partition 0 */
+    GUESTFS_SCHEME_MBR,
+    GUESTFS_SCHEME_GPT,
+};
+
+struct guestfs_part {
+    unsigned number;  /* 1..4 primary, 5.. logical (MBR); 1.. (GPT); 0 = whole disk */
+    uint64_t start;   /* bytes */
+    uint64_t size;    /* bytes */
+    uint8_t mbr_type; /* MBR system id (0 for GPT) */
+    bool bootable;    /* MBR active flag */
+    char type[40];    /* "0x83" or the GPT type GUID */
+    char guid[40];    /* GPT unique partition GUID, "" for MBR */
+    char name[80];    /* GPT name (UTF-8), or a description ("Linux", "whole") */
+};
+
+struct guestfs_table {
+    enum guestfs_scheme scheme;
+    uint32_t sector_size;
+    bool gpt_used_backup; /* the primary GPT header was bad and the backup was used */
+    size_t count;
+    struct guestfs_part *parts;
+};
+
+/* Reads LEN bytes at OFFSET of the disk; 0 or -errno. */
+typedef int (*guestfs_read_fn)(void *ctx, void *buf, uint64_t offset, size_t len);
+
+/* Parse the table of a disk of DISK_SIZE bytes read through READ. NAME labels messages. Extended
+ * partition chains are followed with loop detection and a bound on their length. */
+int guestfs_parts_parse(guestfs_read_fn read, void *ctx, uint64_t disk_size, const char *name,
+                        struct guestfs_table *out);
+/* The same over an open image. */
+int guestfs_parts_read(struct img *img, struct guestfs_table *out);
+void guestfs_table_free(struct guestfs_table *table);
+const char *guestfs_scheme_name(enum guestfs_scheme scheme);
+/* The partition numbered NUMBER (0 = whole disk), or NULL. */
+const struct guestfs_part *guestfs_table_find(const struct guestfs_table *table, unsigned number);
+
+/* ---- ext2/3/4 filesystems -------------------------------------------------------------------- */
+
+struct guestfs_fs;
+
+/* Open the ext filesystem at [start, start+size) of IMG (LABEL names it in messages, e.g.
+ * "disk.qcow2:1"). WRITABLE needs an image opened IMG_OPEN_RDWR. */
+int guestfs_fs_open(struct img *img, uint64_t start, uint64_t size, const char *label,
+                    bool writable, struct guestfs_fs **out);
+/* Write back everything (for writable filesystems) and free. Returns the flush result. */
+int guestfs_fs_close(struct guestfs_fs *fs);
+/* Cheap check: does the window hold an ext2/3/4 superblock? Fills uuid ("xxxxxxxx-…") and
+ * label when asked. */
+bool guestfs_fs_probe(struct img *img, uint64_t start, uint64_t size, char *uuid, size_t uuid_len,
+                      char *label, size_t label_len);
+
+struct guestfs_dirent {
+    char *name;
+    uint32_t ino;
+    uint16_t mode; /* S_IF* | permissions */
+    uint64_t size;
+    int64_t mtime;
+    char *link; /* symlink target or NULL */
+};
+
+int guestfs_fs_list(struct guestfs_fs *fs, const char *path, struct guestfs_dirent **entries,
+                    size_t *count);
+void guestfs_dirents_free(struct guestfs_dirent *entries, size_t count);
+/* Read the file PATH into a new buffer (*data, *len); files above MAX bytes are -EFBIG. */
+int guestfs_fs_read_file(struct guestfs_fs *fs, const char *path, size_t max, char **data,
+                         size_t *len);
+/* Copy the file PATH into the host fd FD. */
+int guestfs_fs_read_to_fd(struct guestfs_fs *fs, const char *path, int fd);
+/* Create or replace the regular file PATH with the content of the host fd FD (mode MODE). */
+int guestfs_fs_write_from_fd(struct guestfs_fs *fs, const char *path, int fd, mode_t mode);
+int guestfs_fs_write_file(struct guestfs_fs *fs, const char *path, const void *data, size_t len,
+                          mode_t mode);
+int guestfs_fs_mkdir(struct guestfs_fs *fs, const char *path, mode_t mode);
+/* Remove a file, a symlink or an empty directory. */
+int guestfs_fs_remove(struct guestfs_fs *fs, const char *path);
+/* 1 when PATH exists, 0 when not, -errno on error. */
+int guestfs_fs_exists(struct guestfs_fs *fs, const char *path);
+
+/* ---- boot configuration (vessel's pygrub) ---------------------------------------------------- */
+
+enum guestfs_boot_kind {
+    GUESTFS_BOOT_GRUB2,
+    GUESTFS_BOOT_GRUB_LEGACY,
+    GUESTFS_BOOT_EXTLINUX,
+};
+
+struct guestfs_boot_entry {
+    char *title;      /* for submenu children: "Submenu>Child" */
+    char *id;         /* grub2 --id, extlinux LABEL; may be NULL */
+    char *kernel;     /* path on its partition, device prefix removed */
+    char *initrd;     /* NULL when none */
+    char *cmdline;    /* "" when none */
+    int part;         /* partition number from (hdX,Y), or -1: the partition the config is on */
+    char *root_uuid;  /* from `search --fs-uuid --set=root`, or NULL */
+    char *root_label; /* from `search --label --set=root`, or NULL */
+    char *position;   /* grub2 "1>2" style index path; top-level entries "N" */
+    unsigned line;    /* where the entry starts */
+};
+
+struct guestfs_bootcfg {
+    enum guestfs_boot_kind kind;
+    size_t count;
+    struct guestfs_boot_entry *entries;
+    char *default_spec; /* as written ("0", "1>2", a title, a label), or NULL */
+    int timeout;        /* seconds, -1 when not set */
+};
+
+/* Parse TEXT (LEN bytes, need not be NUL-terminated). FILENAME names it in messages ("grub.cfg
+ * line 12: unterminated quote"). GRUBENV (may be NULL) is the grubenv block, for saved_entry. */
+int guestfs_bootcfg_parse(enum guestfs_boot_kind kind, const char *text, size_t len,
+                          const char *filename, const char *grubenv, size_t grubenv_len,
+                          struct guestfs_bootcfg **out);
+/* Choose NAME (a title, id, "A>B" title path, index or index path), or the default when NAME is
+ * NULL (falling back to the first entry when the default names nothing). */
+int guestfs_bootcfg_choose(const struct guestfs_bootcfg *cfg, const char *name, size_t *index);
+void guestfs_bootcfg_free(struct guestfs_bootcfg *cfg);
+const char *guestfs_boot_kind_name(enum guestfs_boot_kind kind);
+
+/* ---- whole-image helpers (inspect.c) --------------------------------------------------------- */
+
+struct guestfs_bootinfo {
+    char *config_path; /* "/boot/grub/grub.cfg" */
+    unsigned config_part;
+    enum guestfs_boot_kind kind;
+    char *title;
+    unsigned part; /* the partition holding kernel and initrd */
+    char *kernel;
+    char *initrd; /* NULL when none */
+    char *cmdline;
+};
+
+/* Find a boot config on any partition of IMG and choose ENTRY (NULL = default). */
+int guestfs_bootinfo(struct img *img, const struct guestfs_table *table, const char *entry,
+                     struct guestfs_bootinfo *out);
+void guestfs_bootinfo_free(struct guestfs_bootinfo *info);
+
+struct guestfs_os {
+    unsigned root_part;
+    char *id;       /* os-release ID ("ubuntu"), or "debian"/"rhel" from the fallbacks */
+    char *name;     /* PRETTY_NAME or the release file's line */
+    char *version;  /* VERSION_ID, or NULL */
+    char **kernels; /* /boot/vmlinu[xz]-* paths (on the partition holding them) */
+    size_t kernel_count;
+    unsigned kernel_part;
+};
+
+/* Look for an OS root (a partition with /etc/os-release and friends) and its kernels. -ENOENT
+ * when none is found. */
+int guestfs_inspect_os(struct img *img, const struct guestfs_table *table, struct guestfs_os *out);
+void guestfs_os_free(struct guestfs_os *os);
+
+#endif
