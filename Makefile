@@ -9,8 +9,9 @@ BUILD    ?= build
 SANITIZE ?= 0
 PREFIX   ?= /usr/local
 CC       ?= cc
+JOBS     ?= $(shell nproc)
 
-PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err
+PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err libmnl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # lib/vmm: decompressors for bzImage payloads (lz4, xz/lzma, bzip2; zstd and zlib are above).
@@ -27,7 +28,7 @@ else
 endif
 CFLAGS  += $(CFLAGS_COMMON) $(OPT_CFLAGS) -MMD -MP
 LDFLAGS += $(OPT_LDFLAGS)
-LDLIBS  += $(PKG_LIBS) -lpthread
+LDLIBS  += $(PKG_LIBS) -lpthread -lm
 
 LIB_SRCS    := $(sort $(wildcard lib/*/*.c))
 LIB_OBJS    := $(LIB_SRCS:%.c=$(BUILD)/obj/%.o)
@@ -74,11 +75,17 @@ $(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(LIB_OBJS)
 
 tests: $(PROGRAMS) guest $(UNIT_BINS)
 
-# libFuzzer targets: clang, ASan+UBSan, the library compiled into each target.
-FUZZ_CFLAGS := $(CFLAGS_COMMON) -Wno-format-nonliteral -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-build/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(LIB_SRCS)
+# libFuzzer targets: clang, ASan+UBSan. The library is compiled once for them (fuzzer-no-link
+# instrumentation) and linked into each target.
+FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_CFLAGS := $(CFLAGS_COMMON) -Wno-format-nonliteral -O1 $(FUZZ_SAN)
+FUZZ_OBJS   := $(LIB_SRCS:%.c=build/fuzz/obj/%.o)
+build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -o $@ $< $(LIB_SRCS) $(PKG_LIBS) -lpthread
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
+build/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(FUZZ_OBJS)
+	@mkdir -p $(dir $@)
+	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS) -lpthread -lm
 
 fuzz: $(FUZZ_BINS)
 
@@ -89,18 +96,19 @@ deps-check:
 
 # The two commands of the README.
 demo: deps
-	$(MAKE) all
+	$(MAKE) -j$(JOBS) all
 	scripts/demo.sh build/bin
 
 check: deps-check
-	$(MAKE) BUILD=build/asan SANITIZE=1 tests
-	$(MAKE) all
-	$(MAKE) fuzz
+	$(MAKE) -j$(JOBS) BUILD=build/asan SANITIZE=1 tests
+	$(MAKE) -j$(JOBS) fuzz
 	tests/run-all.sh
 
-bench: deps-check all
+bench: deps-check
+	$(MAKE) -j$(JOBS) all
 	bench/img-convert
 	bench/img-io
+	bench/vmm
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin

@@ -664,6 +664,13 @@ int img_create(const struct img_create_params *params)
                         p.filename);
     }
     p.size_given = true;
+    /* like qemu-img: disks are whole 512-byte sectors, so an odd size rounds up, never down */
+    if (p.size > UINT64_MAX - 511) {
+        free(detected_format);
+        return vs_error(-EINVAL, "%s: image size %llu is too large", p.filename,
+                        (unsigned long long)p.size);
+    }
+    p.size = VS_ALIGN_UP(p.size, 512);
     rc = drv->create(&p, p.opts);
     if (!rc && p.opts && (rc = vs_opts_check_all_used(p.opts, drv->name)) != 0)
         unlink(p.filename);
@@ -687,6 +694,9 @@ int img_resize(struct img *img, uint64_t new_size, int flags, const char *preall
         return rc;
     if (!img->drv->truncate)
         return img_unsupported(img, "resizing");
+    if (new_size > UINT64_MAX - 511)
+        return img_error(img, -EINVAL, "size %llu is too large", (unsigned long long)new_size);
+    new_size = VS_ALIGN_UP(new_size, 512); /* whole sectors, as at create */
     if (new_size < img->size && !(flags & IMG_RESIZE_SHRINK))
         return img_error(img, -EINVAL,
                          "shrinking from %llu to %llu bytes would discard data; use --shrink if "

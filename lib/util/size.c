@@ -3,6 +3,7 @@
  * ("1 GiB", "192 KiB"). All units are binary, as in qemu-img.
  */
 #include <ctype.h>
+#include <math.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,32 +91,16 @@ int vs_parse_size(const char *text, uint64_t *out)
 
 void vs_format_size(uint64_t bytes, char *buf, size_t len)
 {
+    /* qemu-img's rule: pick the unit so the number is below 1000 (not 1024), then print three
+     * significant digits: 1024000 bytes is "0.977 MiB", 1 GiB is "1 GiB". */
     static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-    int u = 0;
-    double v = (double)bytes;
-    while (v >= 1024 && u < 6) {
-        v /= 1024;
-        u++;
-    }
-    if (u == 0) {
-        snprintf(buf, len, "%llu B", (unsigned long long)bytes);
-        return;
-    }
-    /* qemu-img style: three significant digits, no trailing zeros */
-    char num[32];
-    if (v >= 100)
-        snprintf(num, sizeof(num), "%.0f", v);
-    else if (v >= 10)
-        snprintf(num, sizeof(num), "%.1f", v);
-    else
-        snprintf(num, sizeof(num), "%.2f", v);
-    char *dot = strchr(num, '.');
-    if (dot) {
-        char *e = num + strlen(num) - 1;
-        while (e > dot && *e == '0')
-            *e-- = '\0';
-        if (e == dot)
-            *e = '\0';
-    }
-    snprintf(buf, len, "%s %s", num, units[u]);
+    int exponent;
+    frexp((double)bytes / (1000.0 / 1024.0), &exponent);
+    int u = (exponent - 1) / 10;
+    if (u < 0)
+        u = 0;
+    if (u > 6)
+        u = 6;
+    double value = (double)bytes / (double)(1ULL << (u * 10));
+    snprintf(buf, len, "%0.3g %s", value, units[u]);
 }
