@@ -423,7 +423,13 @@ int img_block_status_layer(struct img *img, uint64_t offset, uint64_t len,
     ext->length = pnum;
     switch (st) {
     case IMG_DS_UNALLOCATED:
+        /* a format may still name where the range would live (qcow2's unallocated subclusters
+         * of an allocated cluster); qemu's map shows that offset, and so do we */
         ext->flags = 0;
+        if (host != UINT64_MAX) {
+            ext->flags |= IMG_STATUS_OFFSET;
+            ext->host_offset = host;
+        }
         break;
     case IMG_DS_DATA:
         ext->flags = IMG_STATUS_DATA | IMG_STATUS_ALLOCATED;
@@ -464,13 +470,9 @@ int img_block_status(struct img *img, uint64_t offset, uint64_t len, struct img_
             return 0;
         len = ext->length;
         struct img *b = layer->backing;
-        if (!b) {
+        if (!b || offset >= b->size) {
             /* nothing below: reads return zeros */
-            ext->flags = IMG_STATUS_ZERO;
-            return 0;
-        }
-        if (offset >= b->size) {
-            ext->flags = IMG_STATUS_ZERO;
+            ext->flags = IMG_STATUS_ZERO | (ext->flags & IMG_STATUS_OFFSET);
             return 0;
         }
         len = VS_MIN(len, b->size - offset);
@@ -694,9 +696,11 @@ int img_resize(struct img *img, uint64_t new_size, int flags, const char *preall
         return rc;
     if (!img->drv->truncate)
         return img_unsupported(img, "resizing");
-    if (new_size > UINT64_MAX - 511)
-        return img_error(img, -EINVAL, "size %llu is too large", (unsigned long long)new_size);
-    new_size = VS_ALIGN_UP(new_size, 512); /* whole sectors, as at create */
+    /* like qemu-img: image formats hold whole 512-byte sectors (qemu reads a qcow2 size that is
+     * not one as rounded down, losing the tail), so refuse rather than round; raw is exact */
+    if (new_size % 512 && img->drv != &img_driver_raw)
+        return img_error(img, -EINVAL, "the new size %llu must be a multiple of 512 bytes",
+                         (unsigned long long)new_size);
     if (new_size < img->size && !(flags & IMG_RESIZE_SHRINK))
         return img_error(img, -EINVAL,
                          "shrinking from %llu to %llu bytes would discard data; use --shrink if "

@@ -112,11 +112,14 @@ static bool needs_alloc(const struct qcow2_state *s, uint64_t entry, uint64_t bi
 struct qcow2_extent {
     enum qcow2_ctype type; /* ZERO_ALLOC is reported as ZERO_PLAIN */
     uint64_t len;
-    uint64_t host;  /* NORMAL: host offset of the first byte */
+    uint64_t host;  /* host offset of the first byte, when host_valid */
+    bool host_valid; /* NORMAL, and zero/unallocated units of an allocated cluster (as qemu) */
     uint64_t entry; /* COMPRESSED: the L2 entry */
 };
 
-/* Status of one unit (a cluster, or a subcluster with extended L2 entries). */
+/* Status of one unit (a cluster, or a subcluster with extended L2 entries). *host is set (non-zero)
+ * whenever the unit lies in an allocated host cluster — also for zero or unallocated subclusters
+ * and preallocated zero clusters, which qemu's map reports with their offset too. */
 static int unit_state(struct qcow2_state *s, const uint8_t *table, uint32_t idx, uint32_t sc,
                       uint64_t *host, uint64_t *entry_out)
 {
@@ -141,6 +144,8 @@ static int unit_state(struct qcow2_state *s, const uint8_t *table, uint32_t idx,
         return img_error(s->img, -EIO,
                          "L2 entry %#llx bitmap %#llx: subcluster %u both allocated and zero",
                          (unsigned long long)e, (unsigned long long)bm, sc);
+    if (off)
+        *host = off + ((uint64_t)sc << s->subcluster_bits);
     if (zero)
         return QCOW2_ZERO_PLAIN;
     if (alloc) {
@@ -175,7 +180,7 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t len, struct 
     uint64_t unit = 1ull << ub;
     uint32_t units_per_cluster_bits = s->cluster_bits - ub;
     uint64_t u = off >> ub;
-    uint64_t host0 = 0, entry;
+    uint64_t host0 = 0, entry = 0;
     uint32_t idx = (uint32_t)((u >> units_per_cluster_bits) & (s->l2_entries - 1));
     uint32_t sc = (uint32_t)(u & ((1u << units_per_cluster_bits) - 1));
     int t0 = unit_state(s, table, idx, sc, &host0, &entry);
@@ -198,13 +203,14 @@ static int map_extent(struct qcow2_state *s, uint64_t off, uint64_t len, struct 
         int t = unit_state(s, table, idx, sc, &h, &entry);
         if (t < 0)
             return t;
-        if (t != t0 || (t == QCOW2_NORMAL && h != next_host))
+        if (t != t0 || (h != 0) != (host0 != 0) || (host0 && h != next_host))
             break;
         n += unit;
         next_host += unit;
     }
     x->len = VS_MIN(n, len);
-    x->host = host0 + in;
+    x->host_valid = host0 != 0;
+    x->host = host0 ? host0 + in : 0;
     return 0;
 }
 
@@ -920,15 +926,16 @@ int qcow2_block_status(struct img *img, uint64_t offset, uint64_t len, uint64_t 
     /* merge following extents of the same kind (they end at L2 table or cluster boundaries) */
     while (x.len < len) {
         if (map_extent(s, offset + x.len, len - x.len, &y) || y.type != x.type ||
-            (x.type == QCOW2_NORMAL && y.host != x.host + x.len))
+            y.host_valid != x.host_valid || (x.host_valid && y.host != x.host + x.len))
             break;
         x.len += y.len;
     }
     pthread_mutex_unlock(&img->lock);
     *pnum = x.len;
+    if (x.host_valid && x.type != QCOW2_COMPRESSED)
+        *host_offset = x.host;
     switch (x.type) {
     case QCOW2_NORMAL:
-        *host_offset = x.host;
         return IMG_DS_DATA;
     case QCOW2_COMPRESSED:
         return IMG_DS_COMPRESSED;
