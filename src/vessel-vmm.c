@@ -123,10 +123,6 @@ static int parse_net(const char *arg, struct vmm_net_config *net)
     return rc;
 }
 
-/* Image drivers the registry only knows weakly: referencing them here links them in. */
-extern const char img_driver_qcow2[];
-__attribute__((used)) static const void *const linked_image_drivers[] = {img_driver_qcow2};
-
 /* The parsed configuration; freed at exit whichever way main returns. */
 static struct vmm_config cfg = {.cpus = 1, .memory = 256ULL << 20, .restart_on_reboot = true};
 
