@@ -11,7 +11,7 @@ PREFIX   ?= /usr/local
 CC       ?= cc
 JOBS     ?= $(shell nproc)
 
-PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err libmnl
+PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err sqlite3 libmnl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # lib/vmm: decompressors for bzImage payloads (lz4, xz/lzma, bzip2; zstd and zlib are above).
@@ -36,7 +36,10 @@ VESSEL_SRCS := $(sort $(wildcard src/vessel.c src/cli-*.c))
 VESSEL_OBJS := $(VESSEL_SRCS:%.c=$(BUILD)/obj/%.o)
 VMM_SRCS    := $(sort $(wildcard src/vessel-vmm.c src/vmm-*.c))
 VMM_OBJS    := $(VMM_SRCS:%.c=$(BUILD)/obj/%.o)
-PROGRAMS    := $(BUILD)/bin/vessel $(if $(VMM_SRCS),$(BUILD)/bin/vessel-vmm)
+VESSELD_SRCS := $(sort $(wildcard src/vesseld.c))
+VESSELD_OBJS := $(VESSELD_SRCS:%.c=$(BUILD)/obj/%.o)
+PROGRAMS    := $(BUILD)/bin/vessel $(if $(VMM_SRCS),$(BUILD)/bin/vessel-vmm) \
+               $(if $(VESSELD_SRCS),$(BUILD)/bin/vesseld)
 UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRCS   := $(sort $(wildcard tests/fuzz/fuzz-*.c))
@@ -72,6 +75,10 @@ $(BUILD)/tests/test-%: $(BUILD)/obj/tests/unit/test-%.o $(BUILD)/obj/tests/unit/
 $(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(LIB_OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(VMM_OBJS) $(LIB_OBJS) $(LDLIBS)
+
+$(BUILD)/bin/vesseld: $(VESSELD_OBJS) $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $(VESSELD_OBJS) $(LIB_OBJS) $(LDLIBS)
 
 tests: $(PROGRAMS) guest $(UNIT_BINS)
 

@@ -15,6 +15,7 @@
 /* Subsystem entry points (src/cli-*.c): argv[0] is the subsystem's name. */
 int cli_img_main(int argc, char **argv);
 int cli_host_main(int argc, char **argv);
+int cli_vm_main(int argc, char **argv); /* src/cli-vm.c: argv[0] is the verb */
 int cli_guest_main(int argc, char **argv);
 
 struct vessel_command {
@@ -26,6 +27,22 @@ struct vessel_command {
 static const struct vessel_command vessel_commands[] = {
     {"img", cli_img_main, "create, inspect, convert and repair disk images"},
     {"host", cli_host_main, "what this host can run (KVM, CPU features)"},
+    {"define", cli_vm_main, "add or replace a VM definition (vesseld)"},
+    {"undefine", cli_vm_main, "remove a shut-off VM's definition"},
+    {"list", cli_vm_main, "list VMs (--all: also shut off)"},
+    {"info", cli_vm_main, "a VM's state and settings"},
+    {"start", cli_vm_main, "start a VM (--paused)"},
+    {"shutdown", cli_vm_main, "press a VM's power button (--timeout N: then destroy)"},
+    {"destroy", cli_vm_main, "pull a VM's plug"},
+    {"reboot", cli_vm_main, "reset a VM (its on_reboot policy decides)"},
+    {"pause", cli_vm_main, "stop a VM's vCPUs"},
+    {"resume", cli_vm_main, "continue a paused VM"},
+    {"dumpdef", cli_vm_main, "print a VM's definition (--format vessel|libvirt)"},
+    {"autostart", cli_vm_main, "start a VM when vesseld starts: on|off"},
+    {"stats", cli_vm_main, "a running VM's CPU, memory and device counters"},
+    {"clone", cli_vm_main, "copy a shut-off VM (new uuid and MACs)"},
+    {"snapshot", cli_vm_main, "external qcow2 snapshots: create|list|revert|delete"},
+    {"console", cli_vm_main, "attach to a VM's serial console"},
     {"guest", cli_guest_main, "files, partitions and boot entries of guest disks"},
 };
 

@@ -1,0 +1,495 @@
+/*
+ * lib/mgmt/api.c — the REST API: one HTTP request per connection, routed to the store or the
+ * supervisor, answered with JSON (or the definition's text).
+ *
+ * The idea: a route is (method, path pattern) → handler; handlers return a status and a JSON
+ * object, errors are {"error": MESSAGE} with the one-line message of the failing call, and the
+ * errno decides the status (ENOENT 404, EEXIST/EBUSY 409, EINVAL 400, ETIMEDOUT 504, else 500).
+ * The connection is read under a deadline and the HTTP limits of http.c, so a slow or hostile
+ * client holds one thread for at most a few seconds.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "mgmt/mgmt-internal.h"
+
+#define READ_TIMEOUT_MS 10000
+
+struct api_reply {
+    int status;
+    json_object *json; /* or */
+    char *text;        /* a plain-text body (definitions) */
+};
+
+static int status_for(int err)
+{
+    switch (err) {
+    case -ENOENT:
+        return 404;
+    case -EEXIST:
+    case -EBUSY:
+        return 409;
+    case -EINVAL:
+    case -ENAMETOOLONG:
+    case -E2BIG:
+    case -ENOTSUP:
+        return 400;
+    case -ETIMEDOUT:
+        return 504;
+    default:
+        return 500;
+    }
+}
+
+static void reply_error(struct api_reply *r, int err)
+{
+    r->status = status_for(err);
+    r->json = json_object_new_object();
+    const char *msg = vs_error_message();
+    json_object_object_add(r->json, "error", json_object_new_string(msg[0] ? msg : strerror(-err)));
+}
+
+static void reply_ok(struct api_reply *r, int err)
+{
+    if (err) {
+        reply_error(r, err);
+        return;
+    }
+    r->status = 200;
+    r->json = json_object_new_object();
+    json_object_object_add(r->json, "ok", json_object_new_boolean(1));
+}
+
+static json_object *record_json(struct mgmt_daemon *d, const struct mgmt_vm_record *rec,
+                                bool details)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(rec->name));
+    json_object_object_add(o, "uuid", json_object_new_string(rec->uuid));
+    json_object_object_add(o, "state", json_object_new_string(rec->state));
+    json_object_object_add(o, "pid", json_object_new_int64(rec->pid));
+    json_object_object_add(o, "autostart", json_object_new_boolean(rec->autostart));
+    json_object_object_add(o, "generation", json_object_new_int64(rec->generation));
+    if (!details)
+        return o;
+    struct vm_def *def = NULL;
+    if (vm_def_parse(rec->definition, strlen(rec->definition), rec->name, &def) == 0) {
+        json_object_object_add(o, "vcpus", json_object_new_int((int)def->vcpus));
+        json_object_object_add(o, "memory", json_object_new_int64((int64_t)def->memory));
+        json_object_object_add(o, "disks", json_object_new_int((int)def->disk_count));
+        json_object_object_add(o, "nics", json_object_new_int((int)def->nic_count));
+        json_object_object_add(o, "on_poweroff",
+                               json_object_new_string(vm_action_name(def->on_poweroff)));
+        json_object_object_add(o, "on_reboot",
+                               json_object_new_string(vm_action_name(def->on_reboot)));
+        json_object_object_add(o, "on_crash",
+                               json_object_new_string(vm_action_name(def->on_crash)));
+        vm_def_free(def);
+    }
+    json_object_object_add(o, "keeper_pid", json_object_new_int64(rec->keeper_pid));
+    json_object_object_add(o, "boots", json_object_new_int64(rec->boots));
+    json_object_object_add(o, "started_at", json_object_new_int64(rec->started_at));
+    if (rec->started_at)
+        json_object_object_add(o, "uptime_s",
+                               json_object_new_int64((int64_t)time(NULL) - rec->started_at));
+    json_object_object_add(o, "last_exit", json_object_new_int64(rec->last_exit));
+    json_object_object_add(o, "last_error", json_object_new_string(rec->last_error));
+    char path[PATH_MAX];
+    if (!mgmt_run_path(d, rec->name, NULL, path, sizeof(path)))
+        json_object_object_add(o, "run_dir", json_object_new_string(path));
+    return o;
+}
+
+static void api_list(struct mgmt_daemon *d, struct api_reply *r)
+{
+    struct mgmt_vm_record *list;
+    size_t count;
+    int err = mgmt_store_list(d->store, &list, &count);
+    if (err) {
+        reply_error(r, err);
+        return;
+    }
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < count; i++) {
+        json_object_array_add(arr, record_json(d, &list[i], false));
+        mgmt_vm_record_free(&list[i]);
+    }
+    free(list);
+    r->status = 200;
+    r->json = json_object_new_object();
+    json_object_object_add(r->json, "vms", arr);
+}
+
+static void api_define(struct mgmt_daemon *d, const struct mgmt_http_request *req, const char *body,
+                       size_t len, struct api_reply *r)
+{
+    char source[256] = "definition";
+    mgmt_http_query_get(req->query, "source", source, sizeof(source));
+    struct vm_def *def = NULL;
+    int err = vm_def_parse(body, len, source, &def);
+    if (!err)
+        err = vm_def_check_disks(def);
+    if (err) {
+        reply_error(r, err == -ENOENT ? -EINVAL : err);
+        vm_def_free(def);
+        return;
+    }
+    /* redefining without a uuid keeps the one the VM has */
+    struct mgmt_vm_record old;
+    bool exists = mgmt_store_get(d->store, def->name, &old) == 0;
+    char keep[8] = "";
+    mgmt_http_query_get(req->query, "keep_uuid", keep, sizeof(keep));
+    if (exists) {
+        if (!def->uuid_line || !strcmp(keep, "1"))
+            memcpy(def->uuid, old.uuid, sizeof(def->uuid));
+        mgmt_vm_record_free(&old);
+    }
+    vs_error_clear();
+    char *text = vm_def_print(def);
+    if (!text) {
+        reply_error(r, -ENOMEM);
+        vm_def_free(def);
+        return;
+    }
+    err = mgmt_store_define(d->store, def->name, def->uuid, text,
+                            def->autostart != VM_AUTOSTART_NEVER, true);
+    free(text);
+    if (err) {
+        reply_error(r, err);
+    } else {
+        r->status = exists ? 200 : 201;
+        r->json = json_object_new_object();
+        json_object_object_add(r->json, "name", json_object_new_string(def->name));
+        json_object_object_add(r->json, "uuid", json_object_new_string(def->uuid));
+        json_object_object_add(r->json, "created", json_object_new_boolean(!exists));
+    }
+    vm_def_free(def);
+}
+
+static void api_info(struct mgmt_daemon *d, const char *name, struct api_reply *r)
+{
+    struct mgmt_vm_record rec;
+    int err = mgmt_store_get(d->store, name, &rec);
+    if (err) {
+        reply_error(r, err);
+        return;
+    }
+    r->status = 200;
+    r->json = record_json(d, &rec, true);
+    mgmt_vm_record_free(&rec);
+}
+
+static void api_dumpdef(struct mgmt_daemon *d, const char *name, const char *query,
+                        struct api_reply *r)
+{
+    char format[16] = "vessel";
+    mgmt_http_query_get(query, "format", format, sizeof(format));
+    struct mgmt_vm_record rec;
+    int err = mgmt_store_get(d->store, name, &rec);
+    if (err) {
+        reply_error(r, err);
+        return;
+    }
+    if (!strcmp(format, "vessel")) {
+        r->status = 200;
+        r->text = rec.definition;
+        rec.definition = NULL;
+    } else if (!strcmp(format, "libvirt")) {
+        struct vm_def *def = NULL;
+        err = vm_def_parse(rec.definition, strlen(rec.definition), name, &def);
+        char *xml = err ? NULL : vm_def_to_libvirt(def);
+        if (!xml) {
+            reply_error(r, err ? err : -ENOMEM);
+        } else {
+            r->status = 200;
+            r->text = xml;
+        }
+        vm_def_free(def);
+    } else {
+        reply_error(r, vs_error(-EINVAL, "format '%s' unknown (vessel, libvirt)", format));
+    }
+    mgmt_vm_record_free(&rec);
+}
+
+static void api_stats(struct mgmt_daemon *d, const char *name, struct api_reply *r)
+{
+    char *status = NULL, *stats = NULL;
+    int err = mgmt_vm_query(d, name, "status", &status);
+    if (!err)
+        err = mgmt_vm_query(d, name, "stats", &stats);
+    json_object *st = status ? json_tokener_parse(status) : NULL;
+    json_object *sa = stats ? json_tokener_parse(stats) : NULL;
+    free(status);
+    free(stats);
+    if (!err && (!st || !sa))
+        err = vs_error(-EIO, "%s: vessel-vmm answered with malformed JSON", name);
+    if (err) {
+        json_object_put(st);
+        json_object_put(sa);
+        reply_error(r, err);
+        return;
+    }
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "name", json_object_new_string(name));
+    json_object *v;
+    const char *copy[] = {"state", "vcpus", "memory", "pid", "uptime_ms"};
+    for (size_t i = 0; i < VS_ARRAY_SIZE(copy); i++)
+        if (json_object_object_get_ex(st, copy[i], &v))
+            json_object_object_add(o, copy[i], json_object_get(v));
+    int64_t cpu_ns = 0;
+    json_object *vcpus;
+    if (json_object_object_get_ex(sa, "vcpus", &vcpus) &&
+        json_object_is_type(vcpus, json_type_array)) {
+        for (size_t i = 0; i < json_object_array_length(vcpus); i++) {
+            json_object *t;
+            if (json_object_object_get_ex(json_object_array_get_idx(vcpus, i), "cpu_time_ns", &t))
+                cpu_ns += json_object_get_int64(t);
+        }
+        json_object_object_add(o, "vcpu_stats", json_object_get(vcpus));
+    }
+    json_object_object_add(o, "cpu_time_ns", json_object_new_int64(cpu_ns));
+    int64_t up = json_object_object_get_ex(st, "uptime_ms", &v) ? json_object_get_int64(v) : 0;
+    json_object_object_add(o, "cpu_percent",
+                           json_object_new_double(up > 0 ? (double)cpu_ns / 1e4 / (double)up : 0));
+    if (json_object_object_get_ex(sa, "exits", &v))
+        json_object_object_add(o, "exits", json_object_get(v));
+    if (json_object_object_get_ex(sa, "devices", &v))
+        json_object_object_add(o, "devices", json_object_get(v));
+    json_object_put(st);
+    json_object_put(sa);
+    r->status = 200;
+    r->json = o;
+}
+
+static void api_snapshots(struct mgmt_daemon *d, const char *name, struct api_reply *r)
+{
+    char **names;
+    size_t count;
+    int err = mgmt_store_snapshot_list(d->store, name, &names, &count);
+    if (err) {
+        reply_error(r, err);
+        return;
+    }
+    json_object *arr = json_object_new_array();
+    for (size_t i = 0; i < count; i++) {
+        json_object_array_add(arr, json_object_new_string(names[i] ? names[i] : ""));
+        free(names[i]);
+    }
+    free(names);
+    r->status = 200;
+    r->json = json_object_new_object();
+    json_object_object_add(r->json, "snapshots", arr);
+}
+
+/* Split "/v1/vms/NAME/ACTION/SUB/SUB2" into at most 6 segments. */
+static size_t split_path(char *path, char *seg[6])
+{
+    size_t n = 0;
+    for (char *tok = strtok(path, "/"); tok && n < 6; tok = strtok(NULL, "/"))
+        seg[n++] = tok;
+    return strtok(NULL, "/") ? 7 : n;
+}
+
+static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, const char *body,
+                  size_t body_len, struct api_reply *r)
+{
+    char path[sizeof(req->path)];
+    memcpy(path, req->path, sizeof(path));
+    char *seg[6] = {0};
+    size_t n = split_path(path, seg);
+    const char *m = req->method;
+    bool get = !strcmp(m, "GET"), post = !strcmp(m, "POST"), del = !strcmp(m, "DELETE");
+    char arg[256];
+    vs_error_clear();
+    if (n < 2 || n > 6 || strcmp(seg[0], "v1")) {
+        r->status = 404;
+    } else if (n == 2 && !strcmp(seg[1], "ping") && get) {
+        reply_ok(r, 0);
+    } else if (strcmp(seg[1], "vms")) {
+        r->status = 404;
+    } else if (n == 2 && get) {
+        api_list(d, r);
+    } else if (n == 2 && post) {
+        api_define(d, req, body, body_len, r);
+    } else if (n == 3 && get) {
+        api_info(d, seg[2], r);
+    } else if (n == 3 && del) {
+        reply_ok(r, mgmt_vm_undefine(d, seg[2]));
+    } else if (n == 4 && get && !strcmp(seg[3], "definition")) {
+        api_dumpdef(d, seg[2], req->query, r);
+    } else if (n == 4 && get && !strcmp(seg[3], "stats")) {
+        api_stats(d, seg[2], r);
+    } else if (n == 4 && get && !strcmp(seg[3], "snapshots")) {
+        api_snapshots(d, seg[2], r);
+    } else if (n == 4 && post) {
+        const char *a = seg[3], *vm = seg[2];
+        if (!strcmp(a, "start")) {
+            bool paused = mgmt_http_query_get(req->query, "paused", arg, sizeof(arg)) &&
+                          strcmp(arg, "0") && strcmp(arg, "false");
+            reply_ok(r, mgmt_vm_start(d, vm, paused));
+        } else if (!strcmp(a, "destroy")) {
+            reply_ok(r, mgmt_vm_destroy(d, vm));
+        } else if (!strcmp(a, "shutdown")) {
+            reply_ok(r, mgmt_vm_shutdown(d, vm));
+        } else if (!strcmp(a, "reboot")) {
+            reply_ok(r, mgmt_vm_reboot(d, vm));
+        } else if (!strcmp(a, "pause") || !strcmp(a, "resume")) {
+            reply_ok(r, mgmt_vm_pause(d, vm, !strcmp(a, "pause")));
+        } else if (!strcmp(a, "autostart")) {
+            if (!mgmt_http_query_get(req->query, "value", arg, sizeof(arg)) ||
+                (strcmp(arg, "on") && strcmp(arg, "off")))
+                reply_error(r, vs_error(-EINVAL, "autostart: value=on or value=off"));
+            else
+                reply_ok(r, mgmt_store_set_autostart(d->store, vm, !strcmp(arg, "on")));
+        } else if (!strcmp(a, "clone")) {
+            char mode[16] = "overlay";
+            mgmt_http_query_get(req->query, "mode", mode, sizeof(mode));
+            if (!mgmt_http_query_get(req->query, "name", arg, sizeof(arg)) || !arg[0])
+                reply_error(r, vs_error(-EINVAL, "clone: name=NEW required"));
+            else
+                reply_ok(r, mgmt_vm_clone(d, vm, arg, !strcmp(mode, "copy")));
+        } else if (!strcmp(a, "snapshots")) {
+            if (!mgmt_http_query_get(req->query, "name", arg, sizeof(arg)) || !arg[0])
+                reply_error(r, vs_error(-EINVAL, "snapshot: name=SNAP required"));
+            else
+                reply_ok(r, mgmt_vm_snapshot_create(d, vm, arg));
+        } else {
+            r->status = 404;
+        }
+    } else if (n == 5 && del && !strcmp(seg[3], "snapshots")) {
+        reply_ok(r, mgmt_store_snapshot_delete(d->store, seg[2], seg[4]));
+    } else if (n == 6 && post && !strcmp(seg[3], "snapshots") && !strcmp(seg[5], "revert")) {
+        reply_ok(r, mgmt_vm_snapshot_revert(d, seg[2], seg[4]));
+    } else {
+        r->status = 404;
+    }
+    if (r->status == 404 && !r->json) {
+        r->json = json_object_new_object();
+        json_object_object_add(r->json, "error",
+                               json_object_new_string("no such endpoint (see docs/vesseld.md)"));
+    }
+}
+
+static void send_all(int fd, const char *buf, size_t len)
+{
+    while (len) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;
+        buf += n;
+        len -= (size_t)n;
+    }
+}
+
+static void send_reply(int fd, struct api_reply *r)
+{
+    const char *body = "";
+    const char *type = "application/json";
+    if (r->text) {
+        body = r->text;
+        type = "text/plain; charset=utf-8";
+    } else if (r->json) {
+        body = json_object_to_json_string_ext(r->json, JSON_C_TO_STRING_PLAIN);
+    }
+    size_t blen = strlen(body);
+    bool nl = !r->text;
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n",
+                     r->status, mgmt_http_reason(r->status), type, blen + nl);
+    send_all(fd, head, (size_t)n);
+    send_all(fd, body, blen);
+    if (nl)
+        send_all(fd, "\n", 1);
+}
+
+static void send_error(int fd, int status, const char *msg)
+{
+    struct api_reply r = {.status = status, .json = json_object_new_object()};
+    json_object_object_add(r.json, "error", json_object_new_string(msg));
+    send_reply(fd, &r);
+    json_object_put(r.json);
+}
+
+/* Read until cond or the deadline; returns bytes now in buf or -1 on timeout/EOF/error. */
+static ssize_t read_some(int fd, char *buf, size_t len, size_t cap, uint64_t deadline)
+{
+    uint64_t now = vs_now_ns();
+    if (now >= deadline)
+        return -1;
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    int pr = poll(&pfd, 1, (int)((deadline - now) / 1000000) + 1);
+    if (pr <= 0)
+        return -1;
+    ssize_t n = read(fd, buf + len, cap - len);
+    if (n <= 0)
+        return -1;
+    return (ssize_t)len + n;
+}
+
+void mgmt_api_serve_connection(struct mgmt_daemon *d, int fd)
+{
+    char head[MGMT_HTTP_MAX_HEAD];
+    size_t len = 0;
+    struct mgmt_http_request req;
+    int status = 0, rc = 0;
+    uint64_t deadline = vs_now_ns() + READ_TIMEOUT_MS * 1000000ull;
+    while ((rc = mgmt_http_parse_head(head, len, &req, &status)) == 0) {
+        ssize_t n = read_some(fd, head, len, sizeof(head), deadline);
+        if (n < 0) {
+            if (len)
+                send_error(fd, 408, "request incomplete or too slow");
+            return;
+        }
+        len = (size_t)n;
+    }
+    if (rc < 0) {
+        send_error(fd, status, vs_error_message());
+        return;
+    }
+    char *body = NULL;
+    size_t have = len - req.head_len;
+    if (have > req.content_length) {
+        send_error(fd, 400, "more bytes than Content-Length (one request per connection)");
+        return;
+    }
+    if (req.content_length) {
+        body = malloc(req.content_length + 1);
+        if (!body) {
+            send_error(fd, 500, "out of memory");
+            return;
+        }
+        memcpy(body, head + req.head_len, have);
+        while (have < req.content_length) {
+            ssize_t n = read_some(fd, body, have, req.content_length, deadline);
+            if (n < 0) {
+                send_error(fd, 408, "request body incomplete or too slow");
+                free(body);
+                return;
+            }
+            have = (size_t)n;
+        }
+        body[have] = 0;
+        if (memchr(body, 0, have)) {
+            send_error(fd, 400, "NUL byte in request body");
+            free(body);
+            return;
+        }
+    }
+    struct api_reply r = {0};
+    route(d, &req, body ? body : "", have, &r);
+    send_reply(fd, &r);
+    json_object_put(r.json);
+    free(r.text);
+    free(body);
+}

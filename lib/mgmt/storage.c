@@ -1,0 +1,229 @@
+/*
+ * lib/mgmt/storage.c — clones and external snapshots of a VM's disks.
+ *
+ * The idea: both are "freeze the current image, put a qcow2 overlay on top" (the image engine's
+ * one mechanism for undo disks, snapshots and backups). A snapshot freezes the VM's disks and
+ * remembers the definition that points at the frozen files; revert puts a fresh overlay on those
+ * files. An overlay clone freezes the source's disks and gives *both* VMs an overlay, so neither
+ * can write under the other's feet; a full clone copies each disk (img_convert). Read-only and
+ * cdrom disks are shared as they are. Only shut-off VMs: the VMM cannot switch images live yet.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "mgmt/mgmt-internal.h"
+#include "vessel/img.h"
+
+static bool disk_is_writable(const struct vm_disk *disk)
+{
+    return !disk->readonly && disk->media != VM_DISK_MEDIA_CDROM;
+}
+
+static int check_name(const char *what, const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > VM_DEF_NAME_MAX || name[0] == '.' || name[0] == '-' ||
+        strspn(name, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != len)
+        return vs_error(-EINVAL, "%s '%s': use 1-64 of A-Z a-z 0-9 . _ -", what, name);
+    return 0;
+}
+
+/* Lock the runtime of a defined, shut-off VM and parse its definition. */
+static int load_stopped(struct mgmt_daemon *d, const char *name, struct mgmt_vm_runtime **rt_out,
+                        struct vm_def **def_out)
+{
+    struct mgmt_vm_record rec;
+    int err = mgmt_store_get(d->store, name, &rec);
+    if (err)
+        return err;
+    struct mgmt_vm_runtime *rt = mgmt_vm_runtime_get(d, name);
+    if (!rt) {
+        mgmt_vm_record_free(&rec);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&rt->lock);
+    if (mgmt_state_is_live(rt->state))
+        err = vs_error(-EBUSY, "VM '%s' is %s; shut it off first", name, rt->state);
+    else
+        err = vm_def_parse(rec.definition, strlen(rec.definition), name, def_out);
+    mgmt_vm_record_free(&rec);
+    if (err) {
+        pthread_mutex_unlock(&rt->lock);
+        return err;
+    }
+    *rt_out = rt;
+    return 0;
+}
+
+static int vm_disk_dir(struct mgmt_daemon *d, const char *name, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "%s/%s", d->disk_dir, name);
+    if (n < 0 || (size_t)n >= len)
+        return vs_error(-ENAMETOOLONG, "%s/%s: path too long", d->disk_dir, name);
+    if (mkdir(buf, 0700) < 0 && errno != EEXIST)
+        return vs_error_errno(-errno, "%s", buf);
+    return 0;
+}
+
+/* Replace disk->file by a new qcow2 overlay at path over the current file. */
+static int put_overlay(struct vm_disk *disk, const char *path)
+{
+    struct img_create_params p = {.filename = path,
+                                  .format = "qcow2",
+                                  .backing_file = disk->file,
+                                  .backing_format = disk->format,
+                                  .quiet = true};
+    int err = img_create(&p);
+    if (err)
+        return vs_error_prefix(err, "%s", path);
+    if ((err = vm_def_set_string(&disk->file, path)) ||
+        (err = vm_def_set_string(&disk->format, "qcow2")))
+        return err;
+    return 0;
+}
+
+static int store_def(struct mgmt_daemon *d, const struct vm_def *def, bool replace)
+{
+    char *text = vm_def_print(def);
+    if (!text)
+        return -ENOMEM;
+    int err = mgmt_store_define(d->store, def->name, def->uuid, text,
+                                def->autostart != VM_AUTOSTART_NEVER, replace);
+    free(text);
+    return err;
+}
+
+int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy)
+{
+    int err = check_name("VM name", new_name);
+    if (err)
+        return err;
+    struct mgmt_vm_record existing;
+    if (mgmt_store_get(d->store, new_name, &existing) == 0) {
+        mgmt_vm_record_free(&existing);
+        return vs_error(-EEXIST, "VM '%s' is already defined", new_name);
+    }
+    struct mgmt_vm_runtime *rt;
+    struct vm_def *src = NULL, *clone = NULL;
+    if ((err = load_stopped(d, name, &rt, &src)))
+        return err;
+    char *text = vm_def_print(src);
+    err = text ? vm_def_parse(text, strlen(text), new_name, &clone) : -ENOMEM;
+    free(text);
+    char new_dir[PATH_MAX], src_dir[PATH_MAX], path[PATH_MAX + 64];
+    if (!err)
+        err = vm_def_set_string(&clone->name, new_name);
+    if (!err)
+        err = vm_disk_dir(d, new_name, new_dir, sizeof(new_dir));
+    if (!err && !full_copy)
+        err = vm_disk_dir(d, name, src_dir, sizeof(src_dir));
+    if (err)
+        goto out;
+    vm_uuid_generate(clone->uuid);
+    for (size_t i = 0; i < clone->nic_count; i++)
+        vm_mac_generate(clone->nics[i].mac);
+    long stamp = (long)time(NULL);
+    for (size_t i = 0; i < clone->disk_count && !err; i++) {
+        struct vm_disk *disk = &clone->disks[i];
+        if (!disk_is_writable(disk))
+            continue;
+        if (full_copy) {
+            snprintf(path, sizeof(path), "%s/disk%zu.qcow2", new_dir, i);
+            struct img_convert_params p;
+            img_convert_params_init(&p);
+            const char *sources[1] = {disk->file};
+            p.sources = sources;
+            p.source_count = 1;
+            p.source_format = disk->format;
+            p.target = path;
+            p.target_format = "qcow2";
+            err = img_convert(&p);
+            if (!err && !(err = vm_def_set_string(&disk->file, path)))
+                err = vm_def_set_string(&disk->format, "qcow2");
+        } else {
+            snprintf(path, sizeof(path), "%s/disk%zu.qcow2", new_dir, i);
+            err = put_overlay(disk, path);
+            if (!err) {
+                /* the source moves onto its own overlay: the shared base is frozen */
+                snprintf(path, sizeof(path), "%s/disk%zu-%ld.qcow2", src_dir, i, stamp);
+                err = put_overlay(&src->disks[i], path);
+            }
+        }
+    }
+    if (!err)
+        err = store_def(d, clone, false);
+    if (!err && !full_copy)
+        err = store_def(d, src, true);
+out:
+    pthread_mutex_unlock(&rt->lock);
+    vm_def_free(src);
+    vm_def_free(clone);
+    return err;
+}
+
+int mgmt_vm_snapshot_create(struct mgmt_daemon *d, const char *name, const char *snap)
+{
+    int err = check_name("snapshot name", snap);
+    if (err)
+        return err;
+    struct mgmt_vm_runtime *rt;
+    struct vm_def *def = NULL;
+    if ((err = load_stopped(d, name, &rt, &def)))
+        return err;
+    char *frozen = vm_def_print(def);
+    char dir[PATH_MAX], path[PATH_MAX + 128];
+    err = frozen ? vm_disk_dir(d, name, dir, sizeof(dir)) : -ENOMEM;
+    char *existing = NULL;
+    if (!err && mgmt_store_snapshot_get(d->store, name, snap, &existing) == 0) {
+        free(existing);
+        err = vs_error(-EEXIST, "VM '%s' already has a snapshot '%s'", name, snap);
+    }
+    vs_error_clear();
+    for (size_t i = 0; i < def->disk_count && !err; i++) {
+        if (!disk_is_writable(&def->disks[i]))
+            continue;
+        snprintf(path, sizeof(path), "%s/disk%zu-after-%s.qcow2", dir, i, snap);
+        err = put_overlay(&def->disks[i], path);
+    }
+    if (!err)
+        err = mgmt_store_snapshot_add(d->store, name, snap, frozen);
+    if (!err)
+        err = store_def(d, def, true);
+    pthread_mutex_unlock(&rt->lock);
+    free(frozen);
+    vm_def_free(def);
+    return err;
+}
+
+int mgmt_vm_snapshot_revert(struct mgmt_daemon *d, const char *name, const char *snap)
+{
+    struct mgmt_vm_runtime *rt;
+    struct vm_def *def = NULL, *at = NULL;
+    int err = load_stopped(d, name, &rt, &def);
+    if (err)
+        return err;
+    char *text = NULL;
+    char dir[PATH_MAX], path[PATH_MAX + 128];
+    if (!(err = mgmt_store_snapshot_get(d->store, name, snap, &text)) &&
+        !(err = vm_def_parse(text, strlen(text), name, &at)))
+        err = vm_disk_dir(d, name, dir, sizeof(dir));
+    long stamp = (long)time(NULL);
+    for (size_t i = 0; at && i < at->disk_count && !err; i++) {
+        if (!disk_is_writable(&at->disks[i]))
+            continue;
+        snprintf(path, sizeof(path), "%s/disk%zu-revert-%s-%ld.qcow2", dir, i, snap, stamp);
+        err = put_overlay(&at->disks[i], path);
+    }
+    if (!err) {
+        memcpy(at->uuid, def->uuid, sizeof(at->uuid)); /* still the same VM */
+        err = store_def(d, at, true);
+    }
+    pthread_mutex_unlock(&rt->lock);
+    free(text);
+    vm_def_free(def);
+    vm_def_free(at);
+    return err;
+}

@@ -1,0 +1,524 @@
+/*
+ * lib/mgmt/store.c — the daemon's memory: VM definitions, states and events in SQLite.
+ *
+ * The idea: every change is one short BEGIN IMMEDIATE … COMMIT transaction on a WAL database, so
+ * a daemon killed at any instant leaves either the old or the new row, never half of one, and
+ * readers never block the writer. One connection is shared by the daemon's threads behind a
+ * mutex (SQLite's own serialisation can't keep two threads' transactions apart on one
+ * connection). The schema version is PRAGMA user_version; migrations run in order at open.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "vessel/mgmt.h"
+
+struct mgmt_store {
+    sqlite3 *db;
+    pthread_mutex_t lock;
+};
+
+static const char *const schema_v1 =
+    "CREATE TABLE vms ("
+    "  name TEXT PRIMARY KEY,"
+    "  uuid TEXT NOT NULL UNIQUE,"
+    "  definition TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'shutoff'"
+    "    CHECK (state IN ('shutoff','running','paused','crashed')),"
+    "  pid INTEGER NOT NULL DEFAULT 0,"
+    "  keeper_pid INTEGER NOT NULL DEFAULT 0,"
+    "  started_at INTEGER NOT NULL DEFAULT 0,"
+    "  boots INTEGER NOT NULL DEFAULT 0,"
+    "  generation INTEGER NOT NULL DEFAULT 0,"
+    "  last_exit INTEGER NOT NULL DEFAULT -1,"
+    "  last_error TEXT NOT NULL DEFAULT '',"
+    "  autostart INTEGER NOT NULL DEFAULT 0,"
+    "  was_running INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL);"
+    "CREATE TABLE events ("
+    "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    "  time INTEGER NOT NULL,"
+    "  vm TEXT NOT NULL,"
+    "  event TEXT NOT NULL,"
+    "  detail TEXT NOT NULL DEFAULT '');"
+    "CREATE TABLE snapshots ("
+    "  vm TEXT NOT NULL REFERENCES vms(name) ON DELETE CASCADE,"
+    "  name TEXT NOT NULL,"
+    "  definition TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (vm, name));";
+
+static int store_sql_error(struct mgmt_store *s, int rc, const char *what)
+{
+    int err = -EIO;
+    if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED)
+        err = -EBUSY;
+    else if ((rc & 0xff) == SQLITE_CONSTRAINT)
+        err = -EEXIST;
+    else if (rc == SQLITE_NOMEM)
+        err = -ENOMEM;
+    return vs_error(err, "store: %s: %s", what, sqlite3_errmsg(s->db));
+}
+
+static int store_exec(struct mgmt_store *s, const char *sql)
+{
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
+    if (rc != SQLITE_OK) {
+        int err = vs_error(rc == SQLITE_BUSY ? -EBUSY : -EIO, "store: %s", msg ? msg : "error");
+        sqlite3_free(msg);
+        return err;
+    }
+    return 0;
+}
+
+static int store_begin(struct mgmt_store *s)
+{
+    pthread_mutex_lock(&s->lock);
+    int err = store_exec(s, "BEGIN IMMEDIATE");
+    if (err)
+        pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+/* Commit when err == 0, else roll back; always releases the lock. Returns the final error. */
+static int store_end(struct mgmt_store *s, int err)
+{
+    if (err == 0)
+        err = store_exec(s, "COMMIT");
+    if (err)
+        sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+static int store_prepare(struct mgmt_store *s, const char *sql, sqlite3_stmt **st)
+{
+    int rc = sqlite3_prepare_v2(s->db, sql, -1, st, NULL);
+    if (rc != SQLITE_OK)
+        return store_sql_error(s, rc, "prepare");
+    return 0;
+}
+
+/* Run a prepared statement to completion; returns the number of rows changed or -errno. */
+static int store_step_done(struct mgmt_store *s, sqlite3_stmt *st, const char *what)
+{
+    int rc = sqlite3_step(st);
+    int err = rc == SQLITE_DONE ? sqlite3_changes(s->db) : store_sql_error(s, rc, what);
+    sqlite3_finalize(st);
+    return err;
+}
+
+int mgmt_store_open(const char *path, struct mgmt_store **out)
+{
+    struct mgmt_store *s = vs_calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    pthread_mutex_init(&s->lock, NULL);
+    int rc = sqlite3_open_v2(
+        path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        int err = vs_error(-EIO, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+        mgmt_store_close(s);
+        return err;
+    }
+    sqlite3_busy_timeout(s->db, 5000);
+    int err = store_exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+                            "PRAGMA foreign_keys=ON;");
+    if (err)
+        goto fail;
+    sqlite3_stmt *st;
+    if ((err = store_prepare(s, "PRAGMA user_version", &st)))
+        goto fail;
+    int version = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+    sqlite3_finalize(st);
+    if (version > MGMT_SCHEMA_VERSION) {
+        err = vs_error(-EPROTO, "%s: schema version %d is newer than this vesseld (%d)", path,
+                       version, MGMT_SCHEMA_VERSION);
+        goto fail;
+    }
+    if (version < 1) {
+        if ((err = store_begin(s)))
+            goto fail;
+        err = store_exec(s, schema_v1);
+        if (!err)
+            err = store_exec(s, "PRAGMA user_version=1");
+        if ((err = store_end(s, err)))
+            goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    vs_error_prefix(err, "%s", path);
+    mgmt_store_close(s);
+    return err;
+}
+
+void mgmt_store_close(struct mgmt_store *s)
+{
+    if (!s)
+        return;
+    if (s->db)
+        sqlite3_close(s->db);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+void mgmt_vm_record_free(struct mgmt_vm_record *rec)
+{
+    if (rec) {
+        free(rec->definition);
+        rec->definition = NULL;
+    }
+}
+
+static int store_event_locked(struct mgmt_store *s, const char *name, const char *event,
+                              const char *detail)
+{
+    sqlite3_stmt *st;
+    int err = store_prepare(
+        s, "INSERT INTO events (time, vm, event, detail) VALUES (?1, ?2, ?3, ?4)", &st);
+    if (err)
+        return err;
+    sqlite3_bind_int64(st, 1, (int64_t)time(NULL));
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, event, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, detail ? detail : "", -1, SQLITE_STATIC);
+    err = store_step_done(s, st, "event");
+    return err < 0 ? err : 0;
+}
+
+int mgmt_store_define(struct mgmt_store *s, const char *name, const char *uuid,
+                      const char *definition, bool autostart, bool replace)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    /* a uuid that belongs to another name is a clash whatever 'replace' says */
+    if (!(err = store_prepare(s, "SELECT name FROM vms WHERE uuid = ?1 AND name != ?2", &st))) {
+        sqlite3_bind_text(st, 1, uuid, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW)
+            err = vs_error(-EEXIST, "uuid %s already belongs to VM '%s'", uuid,
+                           (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    int64_t now = (int64_t)time(NULL);
+    if (!err && replace) {
+        if (!(err = store_prepare(s,
+                                  "UPDATE vms SET uuid = ?2, definition = ?3, autostart = ?4,"
+                                  " generation = generation + 1, updated_at = ?5 WHERE name = ?1",
+                                  &st))) {
+            sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 2, uuid, -1, SQLITE_STATIC);
+            sqlite3_bind_text(st, 3, definition, -1, SQLITE_STATIC);
+            sqlite3_bind_int(st, 4, autostart);
+            sqlite3_bind_int64(st, 5, now);
+            err = store_step_done(s, st, "update definition");
+            if (err > 0)
+                goto done; /* replaced */
+        }
+    }
+    if (!err && !(err = store_prepare(s,
+                                      "INSERT INTO vms (name, uuid, definition, autostart,"
+                                      " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                                      &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, uuid, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, definition, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 4, autostart);
+        sqlite3_bind_int64(st, 5, now);
+        err = store_step_done(s, st, "insert definition");
+        if (err == -EEXIST)
+            err = vs_error(-EEXIST, "VM '%s' is already defined", name);
+    }
+done:
+    if (err >= 0)
+        err = store_event_locked(s, name, "defined", uuid);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_undefine(struct mgmt_store *s, const char *name)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err = store_prepare(s, "SELECT state FROM vms WHERE name = ?1", &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_ROW)
+            err = vs_error(-ENOENT, "no VM named '%s'", name);
+        else if (strcmp((const char *)sqlite3_column_text(st, 0), "shutoff") &&
+                 strcmp((const char *)sqlite3_column_text(st, 0), "crashed"))
+            err = vs_error(-EBUSY, "VM '%s' is %s; destroy it first", name,
+                           (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    if (!err && !(err = store_prepare(s, "DELETE FROM vms WHERE name = ?1", &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        err = store_step_done(s, st, "delete");
+    }
+    if (err >= 0)
+        err = store_event_locked(s, name, "undefined", NULL);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+#define RECORD_COLUMNS                                                                             \
+    "name, uuid, definition, state, pid, keeper_pid, started_at, boots, generation, last_exit,"    \
+    " last_error, autostart, was_running"
+
+static int record_from_row(sqlite3_stmt *st, struct mgmt_vm_record *r)
+{
+    memset(r, 0, sizeof(*r));
+    snprintf(r->name, sizeof(r->name), "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(r->uuid, sizeof(r->uuid), "%s", (const char *)sqlite3_column_text(st, 1));
+    r->definition = vs_strdup((const char *)sqlite3_column_text(st, 2));
+    snprintf(r->state, sizeof(r->state), "%s", (const char *)sqlite3_column_text(st, 3));
+    r->pid = sqlite3_column_int64(st, 4);
+    r->keeper_pid = sqlite3_column_int64(st, 5);
+    r->started_at = sqlite3_column_int64(st, 6);
+    r->boots = sqlite3_column_int64(st, 7);
+    r->generation = sqlite3_column_int64(st, 8);
+    r->last_exit = sqlite3_column_int64(st, 9);
+    snprintf(r->last_error, sizeof(r->last_error), "%s", (const char *)sqlite3_column_text(st, 10));
+    r->autostart = sqlite3_column_int(st, 11) != 0;
+    r->was_running = sqlite3_column_int(st, 12) != 0;
+    return r->definition ? 0 : -ENOMEM;
+}
+
+int mgmt_store_get(struct mgmt_store *s, const char *name, struct mgmt_vm_record *out)
+{
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err = store_prepare(s, "SELECT " RECORD_COLUMNS " FROM vms WHERE name = ?1", &st);
+    if (!err) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            err = record_from_row(st, out);
+        else if (rc == SQLITE_DONE)
+            err = vs_error(-ENOENT, "no VM named '%s'", name);
+        else
+            err = store_sql_error(s, rc, "get");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+int mgmt_store_list(struct mgmt_store *s, struct mgmt_vm_record **out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st = NULL;
+    int err = store_prepare(s, "SELECT " RECORD_COLUMNS " FROM vms ORDER BY name", &st);
+    struct mgmt_vm_record *list = NULL;
+    size_t n = 0, cap = 0;
+    int rc = SQLITE_DONE;
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            struct mgmt_vm_record *bigger = realloc(list, cap * sizeof(*list));
+            if (!bigger) {
+                err = vs_error(-ENOMEM, "store: list: out of memory");
+                break;
+            }
+            list = bigger;
+        }
+        err = record_from_row(st, &list[n++]);
+    }
+    if (!err && rc != SQLITE_DONE && rc != SQLITE_ROW)
+        err = store_sql_error(s, rc, "list");
+    if (st)
+        sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    if (err) {
+        for (size_t i = 0; i < n; i++)
+            mgmt_vm_record_free(&list[i]);
+        free(list);
+        return err;
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+int mgmt_store_set_state(struct mgmt_store *s, const char *name, const char *state, int64_t pid,
+                         int64_t keeper_pid, int64_t last_exit, const char *error, bool count_boot)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    bool live = !strcmp(state, "running") || !strcmp(state, "paused");
+    if (!(err = store_prepare(
+              s,
+              "UPDATE vms SET state = ?2, pid = ?3, keeper_pid = ?4,"
+              " started_at = CASE WHEN ?5 THEN ?6 WHEN ?7 THEN started_at ELSE 0 END,"
+              " boots = boots + ?5, last_exit = CASE WHEN ?8 >= 0 THEN ?8 ELSE last_exit END,"
+              " last_error = COALESCE(?9, last_error), was_running = ?7,"
+              " generation = generation + 1, updated_at = ?6 WHERE name = ?1",
+              &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, state, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, pid);
+        sqlite3_bind_int64(st, 4, keeper_pid);
+        sqlite3_bind_int(st, 5, count_boot);
+        sqlite3_bind_int64(st, 6, (int64_t)time(NULL));
+        sqlite3_bind_int(st, 7, live);
+        sqlite3_bind_int64(st, 8, last_exit);
+        if (error)
+            sqlite3_bind_text(st, 9, error, -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, 9);
+        err = store_step_done(s, st, "set state");
+        if (err == 0)
+            err = vs_error(-ENOENT, "no VM named '%s'", name);
+    }
+    if (err >= 0)
+        err = store_event_locked(s, name, state, error);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_set_autostart(struct mgmt_store *s, const char *name, bool on)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err = store_prepare(s,
+                              "UPDATE vms SET autostart = ?2, generation = generation + 1"
+                              " WHERE name = ?1",
+                              &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_int(st, 2, on);
+        err = store_step_done(s, st, "autostart");
+        if (err == 0)
+            err = vs_error(-ENOENT, "no VM named '%s'", name);
+    }
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_event(struct mgmt_store *s, const char *name, const char *event, const char *detail)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    return store_end(s, store_event_locked(s, name, event, detail));
+}
+
+int mgmt_store_snapshot_add(struct mgmt_store *s, const char *vm, const char *snap,
+                            const char *definition)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err = store_prepare(s,
+                              "INSERT INTO snapshots (vm, name, definition, created_at)"
+                              " VALUES (?1, ?2, ?3, ?4)",
+                              &st))) {
+        sqlite3_bind_text(st, 1, vm, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, snap, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, definition, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (int64_t)time(NULL));
+        err = store_step_done(s, st, "snapshot");
+        if (err == -EEXIST)
+            err = vs_error(-EEXIST, "VM '%s' already has a snapshot '%s'", vm, snap);
+    }
+    if (err >= 0)
+        err = store_event_locked(s, vm, "snapshot-created", snap);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_snapshot_get(struct mgmt_store *s, const char *vm, const char *snap,
+                            char **definition)
+{
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err = store_prepare(s, "SELECT definition FROM snapshots WHERE vm = ?1 AND name = ?2", &st);
+    if (!err) {
+        sqlite3_bind_text(st, 1, vm, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, snap, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            *definition = vs_strdup((const char *)sqlite3_column_text(st, 0));
+            err = *definition ? 0 : -ENOMEM;
+        } else {
+            err = vs_error(-ENOENT, "VM '%s' has no snapshot '%s'", vm, snap);
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+int mgmt_store_snapshot_delete(struct mgmt_store *s, const char *vm, const char *snap)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err = store_prepare(s, "DELETE FROM snapshots WHERE vm = ?1 AND name = ?2", &st))) {
+        sqlite3_bind_text(st, 1, vm, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, snap, -1, SQLITE_STATIC);
+        err = store_step_done(s, st, "snapshot delete");
+        if (err == 0)
+            err = vs_error(-ENOENT, "VM '%s' has no snapshot '%s'", vm, snap);
+    }
+    if (err >= 0)
+        err = store_event_locked(s, vm, "snapshot-deleted", snap);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_snapshot_list(struct mgmt_store *s, const char *vm, char ***names, size_t *count)
+{
+    *names = NULL;
+    *count = 0;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err = store_prepare(
+        s, "SELECT name FROM snapshots WHERE vm = ?1 ORDER BY created_at, rowid", &st);
+    char **list = NULL;
+    size_t n = 0;
+    if (!err) {
+        sqlite3_bind_text(st, 1, vm, -1, SQLITE_STATIC);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            char **bigger = realloc(list, (n + 1) * sizeof(*list));
+            if (!bigger) {
+                err = -ENOMEM;
+                break;
+            }
+            list = bigger;
+            list[n++] = vs_strdup((const char *)sqlite3_column_text(st, 0));
+        }
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    *names = list;
+    *count = n;
+    return err;
+}
+
+int mgmt_store_check(struct mgmt_store *s)
+{
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err = store_prepare(s, "PRAGMA integrity_check", &st);
+    if (!err) {
+        if (sqlite3_step(st) != SQLITE_ROW)
+            err = store_sql_error(s, SQLITE_ERROR, "integrity check");
+        else if (strcmp((const char *)sqlite3_column_text(st, 0), "ok"))
+            err = vs_error(-EIO, "store: integrity check: %s",
+                           (const char *)sqlite3_column_text(st, 0));
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}

@@ -1,0 +1,626 @@
+/*
+ * src/cli-vm.c — the VM verbs of `vessel` (define, list, start, shutdown, …): each is one request
+ * to vesseld's REST API on its unix socket, printed as text or, with --json, as the API's JSON.
+ *
+ * The idea: the CLI holds no state and no logic beyond words. It checks a definition locally
+ * first (so errors name the user's file and line even before the daemon sees it) and makes its
+ * relative paths absolute (the daemon runs elsewhere); everything else is the daemon's job.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "vessel/defs.h"
+#include "vessel/mgmt.h"
+
+int cli_vm_main(int argc, char **argv);
+
+struct cli {
+    const char *socket;
+    bool json;
+};
+
+static int fail(const char *msg)
+{
+    fprintf(stderr, "vessel: %s\n", msg);
+    return 1;
+}
+
+/* One API call. On an HTTP error prints the daemon's message and returns 1; *out (may be NULL)
+ * gets the parsed JSON of a 2xx reply, *text the raw body. */
+static int call(struct cli *c, const char *method, const char *path, const char *type,
+                const char *body, json_object **out, char **text)
+{
+    int status = 0;
+    char *resp = NULL;
+    size_t len = 0;
+    if (out)
+        *out = NULL;
+    if (text)
+        *text = NULL;
+    int err = mgmt_client_request(c->socket, method, path, type, body, body ? strlen(body) : 0,
+                                  &status, &resp, &len);
+    if (err)
+        return fail(vs_error_message());
+    if (status < 200 || status > 299) {
+        json_object *o = json_tokener_parse(resp);
+        json_object *e;
+        if (o && json_object_object_get_ex(o, "error", &e))
+            fprintf(stderr, "vessel: %s\n", json_object_get_string(e));
+        else
+            fprintf(stderr, "vessel: HTTP %d %s\n", status, mgmt_http_reason(status));
+        json_object_put(o);
+        free(resp);
+        return 1;
+    }
+    if (out)
+        *out = json_tokener_parse(resp);
+    if (text)
+        *text = resp;
+    else
+        free(resp);
+    return 0;
+}
+
+static void print_json(json_object *o)
+{
+    printf("%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                         JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+static const char *jstr(json_object *o, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_string(v) : "";
+}
+
+static int64_t jint(json_object *o, const char *key)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : 0;
+}
+
+static char *vm_path(const char *name, const char *suffix)
+{
+    return vs_asprintf("/v1/vms/%s%s", name, suffix ? suffix : "");
+}
+
+/* A simple POST verb: start, destroy, reboot, pause, resume. */
+static int verb_action(struct cli *c, const char *name, const char *action, const char *query,
+                       const char *done)
+{
+    char *path =
+        vs_asprintf("/v1/vms/%s/%s%s%s", name, action, query ? "?" : "", query ? query : "");
+    json_object *o;
+    int rc = call(c, "POST", path, NULL, "", &o, NULL);
+    free(path);
+    if (rc == 0) {
+        if (c->json)
+            print_json(o);
+        else
+            printf("VM %s %s\n", name, done);
+    }
+    json_object_put(o);
+    return rc;
+}
+
+/* Make a definition's relative paths absolute against the directory of its file. */
+static int absolutise(char **field, const char *dir)
+{
+    if (!*field || (*field)[0] == '/')
+        return 0;
+    char *abs = vs_asprintf("%s/%s", dir, *field);
+    if (!abs)
+        return -ENOMEM;
+    free(*field);
+    *field = abs;
+    return 0;
+}
+
+static int verb_define(struct cli *c, const char *file)
+{
+    struct vm_def *def = NULL;
+    if (vm_def_parse_file(file, &def))
+        return fail(vs_error_message());
+    char real[PATH_MAX], dirbuf[PATH_MAX];
+    snprintf(dirbuf, sizeof(dirbuf), "%s", file);
+    const char *dir = realpath(dirname(dirbuf), real) ? real : ".";
+    int err = absolutise(&def->kernel, dir) || absolutise(&def->initrd, dir) ||
+              absolutise(&def->console_path, dir);
+    for (size_t i = 0; i < def->disk_count && !err; i++)
+        err = absolutise(&def->disks[i].file, dir);
+    if (!err && vm_def_check_disks(def)) {
+        vm_def_free(def);
+        return fail(vs_error_message());
+    }
+    char *text = err ? NULL : vm_def_print(def);
+    if (!text) {
+        vm_def_free(def);
+        return fail("out of memory");
+    }
+    char base[PATH_MAX], enc[PATH_MAX * 3];
+    snprintf(base, sizeof(base), "%s", file);
+    const char *b = basename(base);
+    size_t o = 0;
+    for (const char *p = b; *p && o + 4 < sizeof(enc); p++) {
+        if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-", *p))
+            enc[o++] = *p;
+        else
+            o += (size_t)snprintf(enc + o, 4, "%%%02X", (unsigned char)*p);
+    }
+    enc[o] = 0;
+    /* a file without uuid redefines the VM under the uuid it has */
+    char *path = vs_asprintf("/v1/vms?source=%s%s", enc, def->uuid_line ? "" : "&keep_uuid=1");
+    json_object *reply;
+    int rc = call(c, "POST", path, "text/plain", text, &reply, NULL);
+    free(path);
+    free(text);
+    if (rc == 0) {
+        if (c->json)
+            print_json(reply);
+        else
+            printf("VM %s %s (uuid %s)\n", jstr(reply, "name"),
+                   jint(reply, "created") ? "defined" : "redefined", jstr(reply, "uuid"));
+    }
+    json_object_put(reply);
+    vm_def_free(def);
+    return rc;
+}
+
+static int verb_list(struct cli *c, bool all)
+{
+    json_object *o, *vms;
+    int rc = call(c, "GET", "/v1/vms", NULL, NULL, &o, NULL);
+    if (rc)
+        return rc;
+    if (!json_object_object_get_ex(o, "vms", &vms)) {
+        json_object_put(o);
+        return fail("malformed answer from vesseld");
+    }
+    json_object *shown = json_object_new_array();
+    for (size_t i = 0; i < json_object_array_length(vms); i++) {
+        json_object *vm = json_object_array_get_idx(vms, i);
+        const char *state = jstr(vm, "state");
+        if (all || !strcmp(state, "running") || !strcmp(state, "paused"))
+            json_object_array_add(shown, json_object_get(vm));
+    }
+    if (c->json) {
+        print_json(shown);
+    } else {
+        printf("%-24s %-9s %-8s %s\n", "NAME", "STATE", "PID", "UUID");
+        for (size_t i = 0; i < json_object_array_length(shown); i++) {
+            json_object *vm = json_object_array_get_idx(shown, i);
+            char pid[24] = "-";
+            if (jint(vm, "pid"))
+                snprintf(pid, sizeof(pid), "%lld", (long long)jint(vm, "pid"));
+            printf("%-24s %-9s %-8s %s\n", jstr(vm, "name"), jstr(vm, "state"), pid,
+                   jstr(vm, "uuid"));
+        }
+    }
+    json_object_put(shown);
+    json_object_put(o);
+    return 0;
+}
+
+static int verb_info(struct cli *c, const char *name)
+{
+    char *path = vm_path(name, NULL);
+    json_object *o;
+    int rc = call(c, "GET", path, NULL, NULL, &o, NULL);
+    free(path);
+    if (rc)
+        return rc;
+    if (c->json) {
+        print_json(o);
+    } else {
+        char mem[32];
+        vs_format_size((uint64_t)jint(o, "memory"), mem, sizeof(mem));
+        printf("Name:        %s\nUUID:        %s\nState:       %s\n", jstr(o, "name"),
+               jstr(o, "uuid"), jstr(o, "state"));
+        if (jint(o, "pid"))
+            printf("PID:         %lld\nUptime:      %lld s\n", (long long)jint(o, "pid"),
+                   (long long)jint(o, "uptime_s"));
+        printf("vCPUs:       %lld\nMemory:      %s\nDisks:       %lld\nNICs:        %lld\n"
+               "Autostart:   %s\nPolicies:    poweroff=%s reboot=%s crash=%s\nBoots:       %lld\n",
+               (long long)jint(o, "vcpus"), mem, (long long)jint(o, "disks"),
+               (long long)jint(o, "nics"), jint(o, "autostart") ? "on" : "off",
+               jstr(o, "on_poweroff"), jstr(o, "on_reboot"), jstr(o, "on_crash"),
+               (long long)jint(o, "boots"));
+        if (jint(o, "last_exit") >= 0)
+            printf("Last exit:   %lld\n", (long long)jint(o, "last_exit"));
+        if (jstr(o, "last_error")[0])
+            printf("Last error:  %s\n", jstr(o, "last_error"));
+    }
+    json_object_put(o);
+    return 0;
+}
+
+static const char *state_of(struct cli *c, const char *name, char *buf, size_t len)
+{
+    char *path = vm_path(name, NULL);
+    json_object *o;
+    int status = 0;
+    char *resp = NULL;
+    size_t rlen;
+    buf[0] = 0;
+    if (mgmt_client_request(c->socket, "GET", path, NULL, NULL, 0, &status, &resp, &rlen) == 0 &&
+        status == 200 && (o = json_tokener_parse(resp))) {
+        snprintf(buf, len, "%s", jstr(o, "state"));
+        json_object_put(o);
+    }
+    free(resp);
+    free(path);
+    return buf;
+}
+
+static int verb_shutdown(struct cli *c, const char *name, long timeout)
+{
+    char *path = vs_asprintf("/v1/vms/%s/shutdown", name);
+    json_object *o;
+    int rc = call(c, "POST", path, NULL, "", &o, NULL);
+    free(path);
+    json_object_put(o);
+    if (rc)
+        return rc;
+    if (timeout < 0) {
+        if (!c->json)
+            printf("VM %s is shutting down (power button pressed)\n", name);
+        else
+            printf("{\"name\":\"%s\",\"result\":\"power button pressed\"}\n", name);
+        return 0;
+    }
+    char state[16];
+    uint64_t deadline = vs_now_ns() + (uint64_t)timeout * 1000000000ull;
+    while (vs_now_ns() < deadline) {
+        state_of(c, name, state, sizeof(state));
+        if (strcmp(state, "running") && strcmp(state, "paused")) {
+            if (c->json)
+                printf("{\"name\":\"%s\",\"result\":\"shut off\",\"state\":\"%s\"}\n", name, state);
+            else
+                printf("VM %s shut off\n", name);
+            return 0;
+        }
+        usleep(100000);
+    }
+    fprintf(stderr, "vessel: %s did not shut down within %ld s; destroying it\n", name, timeout);
+    char *dpath = vs_asprintf("/v1/vms/%s/destroy", name);
+    rc = call(c, "POST", dpath, NULL, "", &o, NULL);
+    free(dpath);
+    json_object_put(o);
+    if (rc == 0) {
+        if (c->json)
+            printf("{\"name\":\"%s\",\"result\":\"destroyed\"}\n", name);
+        else
+            printf("VM %s destroyed\n", name);
+    }
+    return rc;
+}
+
+static int verb_dumpdef(struct cli *c, const char *name, const char *format)
+{
+    char *path = vs_asprintf("/v1/vms/%s/definition?format=%s", name, format);
+    char *text;
+    int rc = call(c, "GET", path, NULL, NULL, NULL, &text);
+    free(path);
+    if (rc)
+        return rc;
+    if (c->json) {
+        json_object *o = json_object_new_object();
+        json_object_object_add(o, "format", json_object_new_string(format));
+        json_object_object_add(o, "definition", json_object_new_string(text));
+        print_json(o);
+        json_object_put(o);
+    } else {
+        fputs(text, stdout);
+    }
+    free(text);
+    return 0;
+}
+
+static int verb_stats(struct cli *c, const char *name)
+{
+    char *path = vm_path(name, "/stats");
+    json_object *o;
+    int rc = call(c, "GET", path, NULL, NULL, &o, NULL);
+    free(path);
+    if (rc)
+        return rc;
+    if (c->json) {
+        print_json(o);
+    } else {
+        char mem[32];
+        vs_format_size((uint64_t)jint(o, "memory"), mem, sizeof(mem));
+        json_object *v;
+        double pct =
+            json_object_object_get_ex(o, "cpu_percent", &v) ? json_object_get_double(v) : 0;
+        printf("State:       %s\nUptime:      %.1f s\nvCPUs:       %lld\nCPU time:    %.3f s\n"
+               "CPU:         %.1f %%\nMemory:      %s\n",
+               jstr(o, "state"), (double)jint(o, "uptime_ms") / 1000, (long long)jint(o, "vcpus"),
+               (double)jint(o, "cpu_time_ns") / 1e9, pct, mem);
+        json_object *devs;
+        struct json_object_iter dev, counter;
+        if (json_object_object_get_ex(o, "devices", &devs) &&
+            json_object_is_type(devs, json_type_object)) {
+            json_object_object_foreachC(devs, dev)
+            {
+                printf("%-12s", dev.key);
+                if (json_object_is_type(dev.val, json_type_object))
+                    json_object_object_foreachC(dev.val, counter)
+                    {
+                        printf(" %s=%s", counter.key, json_object_get_string(counter.val));
+                    }
+                printf("\n");
+            }
+        }
+    }
+    json_object_put(o);
+    return 0;
+}
+
+static int verb_snapshot(struct cli *c, const char *op, const char *name, const char *snap)
+{
+    char *path = NULL;
+    json_object *o = NULL;
+    int rc;
+    if (!strcmp(op, "list")) {
+        path = vm_path(name, "/snapshots");
+        rc = call(c, "GET", path, NULL, NULL, &o, NULL);
+        json_object *arr;
+        if (!rc && c->json)
+            print_json(o);
+        else if (!rc && json_object_object_get_ex(o, "snapshots", &arr))
+            for (size_t i = 0; i < json_object_array_length(arr); i++)
+                printf("%s\n", json_object_get_string(json_object_array_get_idx(arr, i)));
+    } else if (!snap) {
+        rc = fail("snapshot create|revert|delete NAME SNAP: SNAP missing");
+    } else {
+        const char *method = "POST", *what = "created";
+        if (!strcmp(op, "create")) {
+            path = vs_asprintf("/v1/vms/%s/snapshots?name=%s", name, snap);
+        } else if (!strcmp(op, "revert")) {
+            path = vs_asprintf("/v1/vms/%s/snapshots/%s/revert", name, snap);
+            what = "reverted to";
+        } else if (!strcmp(op, "delete")) {
+            path = vs_asprintf("/v1/vms/%s/snapshots/%s", name, snap);
+            method = "DELETE";
+            what = "deleted";
+        } else {
+            return fail("snapshot: create, list, revert or delete");
+        }
+        rc = call(c, method, path, NULL, strcmp(method, "POST") ? NULL : "", &o, NULL);
+        if (!rc) {
+            if (c->json)
+                print_json(o);
+            else
+                printf("snapshot %s of %s %s\n", snap, name, what);
+        }
+    }
+    free(path);
+    json_object_put(o);
+    return rc;
+}
+
+/* Relay the terminal to the VM's serial console socket until EOF or Ctrl-]. */
+static int verb_console(struct cli *c, const char *name)
+{
+    char *path = vm_path(name, NULL);
+    json_object *o;
+    int rc = call(c, "GET", path, NULL, NULL, &o, NULL);
+    free(path);
+    if (rc)
+        return rc;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int n = snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/console.sock", jstr(o, "run_dir"));
+    json_object_put(o);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (n >= (int)sizeof(addr.sun_path) || fd < 0 ||
+        connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        fprintf(stderr, "vessel: %s: no console (is the VM running with console = pty?)\n",
+                addr.sun_path);
+        if (fd >= 0)
+            close(fd);
+        return 1;
+    }
+    struct termios saved, raw;
+    bool tty = isatty(0) && tcgetattr(0, &saved) == 0;
+    if (tty) {
+        raw = saved;
+        cfmakeraw(&raw);
+        tcsetattr(0, TCSANOW, &raw);
+        fprintf(stderr, "Connected to %s (Ctrl-] to leave)\r\n", name);
+    }
+    char buf[4096];
+    bool in_open = true;
+    for (;;) {
+        struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = 0, .events = POLLIN}};
+        if (poll(p, in_open ? 2 : 1, -1) < 0 && errno != EINTR)
+            break;
+        if (p[0].revents) {
+            ssize_t r = read(fd, buf, sizeof(buf));
+            if (r <= 0 || write(1, buf, (size_t)r) != r)
+                break;
+        }
+        if (in_open && p[1].revents) {
+            ssize_t r = read(0, buf, sizeof(buf));
+            if (r <= 0) {
+                in_open = false;
+                shutdown(fd, SHUT_WR);
+                continue;
+            }
+            if (tty && memchr(buf, 0x1d, (size_t)r))
+                break;
+            if (write(fd, buf, (size_t)r) != r)
+                break;
+        }
+    }
+    if (tty)
+        tcsetattr(0, TCSANOW, &saved);
+    close(fd);
+    return 0;
+}
+
+static void usage(FILE *out, const char *verb)
+{
+    fprintf(out,
+            "usage: vessel [--connect unix:PATH] [--json] VERB …   (daemon socket: --connect, "
+            "$VESSEL_SOCKET, or %s/%s)\n"
+            "  define FILE                     add or replace a VM definition\n"
+            "  undefine NAME                   remove a shut-off VM's definition\n"
+            "  list [--all]                    running VMs (all with --all)\n"
+            "  info NAME | stats NAME          state and settings | CPU, memory, device counters\n"
+            "  start NAME [--paused]           start (paused before the first instruction "
+            "runs long)\n"
+            "  shutdown NAME [--timeout N]     ACPI power button; destroy after N s\n"
+            "  destroy | reboot | pause | resume NAME\n"
+            "  dumpdef NAME [--format vessel|libvirt]\n"
+            "  autostart NAME on|off\n"
+            "  clone NAME NEW [--copy]         new uuid and MACs; qcow2 overlays or full copies\n"
+            "  snapshot create|list|revert|delete NAME [SNAP]   external qcow2 overlays\n"
+            "  console NAME                    serial console (Ctrl-] leaves)\n",
+            MGMT_DEFAULT_STATE_DIR, MGMT_SOCKET_NAME);
+    (void)verb;
+}
+
+int cli_vm_main(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"json", no_argument, NULL, 'j'},
+        {"connect", required_argument, NULL, 'c'},
+        {"all", no_argument, NULL, 'a'},
+        {"paused", no_argument, NULL, 'p'},
+        {"timeout", required_argument, NULL, 't'},
+        {"format", required_argument, NULL, 'f'},
+        {"copy", no_argument, NULL, 'C'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *verb = argv[0];
+    struct cli c = {0};
+    const char *connect = NULL, *format = "vessel";
+    bool all = false, paused = false, copy = false;
+    long timeout = -1;
+    int opt;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, "hjac:t:f:", longopts, NULL)) != -1) {
+        switch (opt) {
+        case 'j':
+            c.json = true;
+            break;
+        case 'c':
+            connect = optarg;
+            break;
+        case 'a':
+            all = true;
+            break;
+        case 'p':
+            paused = true;
+            break;
+        case 'C':
+            copy = true;
+            break;
+        case 't': {
+            char *end;
+            timeout = strtol(optarg, &end, 10);
+            if (*end || timeout < 0 || timeout > 86400)
+                return fail("--timeout: seconds, 0-86400");
+            break;
+        }
+        case 'f':
+            format = optarg;
+            break;
+        case 'h':
+            usage(stdout, verb);
+            return 0;
+        default:
+            usage(stderr, verb);
+            return 1;
+        }
+    }
+    c.socket = mgmt_client_socket_path(connect);
+    /* GNU getopt permutes: options may follow the operands (`vessel start web1 --paused`) */
+    char **ops = argv + optind;
+    int nops = argc - optind;
+    static const struct {
+        const char *name;
+        int min, max;
+    } arity[] = {
+        {"define", 1, 1}, {"undefine", 1, 1}, {"list", 0, 0},     {"info", 1, 1},
+        {"start", 1, 1},  {"shutdown", 1, 1}, {"destroy", 1, 1},  {"reboot", 1, 1},
+        {"pause", 1, 1},  {"resume", 1, 1},   {"dumpdef", 1, 1},  {"autostart", 2, 2},
+        {"stats", 1, 1},  {"clone", 2, 2},    {"snapshot", 2, 3}, {"console", 1, 1},
+    };
+    for (size_t i = 0; i < VS_ARRAY_SIZE(arity); i++) {
+        if (strcmp(verb, arity[i].name))
+            continue;
+        if (nops < arity[i].min || nops > arity[i].max) {
+            fprintf(stderr, "vessel %s: wrong number of arguments\n", verb);
+            usage(stderr, verb);
+            return 1;
+        }
+        if (!strcmp(verb, "define"))
+            return verb_define(&c, ops[0]);
+        if (!strcmp(verb, "undefine")) {
+            char *path = vm_path(ops[0], NULL);
+            json_object *o;
+            int rc = call(&c, "DELETE", path, NULL, NULL, &o, NULL);
+            free(path);
+            if (!rc)
+                c.json ? print_json(o) : (void)printf("VM %s undefined\n", ops[0]);
+            json_object_put(o);
+            return rc;
+        }
+        if (!strcmp(verb, "list"))
+            return verb_list(&c, all);
+        if (!strcmp(verb, "info"))
+            return verb_info(&c, ops[0]);
+        if (!strcmp(verb, "start"))
+            return verb_action(&c, ops[0], "start", paused ? "paused=1" : NULL,
+                               paused ? "started (paused)" : "started");
+        if (!strcmp(verb, "shutdown"))
+            return verb_shutdown(&c, ops[0], timeout);
+        if (!strcmp(verb, "destroy"))
+            return verb_action(&c, ops[0], "destroy", NULL, "destroyed");
+        if (!strcmp(verb, "reboot"))
+            return verb_action(&c, ops[0], "reboot", NULL, "rebooted");
+        if (!strcmp(verb, "pause"))
+            return verb_action(&c, ops[0], "pause", NULL, "paused");
+        if (!strcmp(verb, "resume"))
+            return verb_action(&c, ops[0], "resume", NULL, "resumed");
+        if (!strcmp(verb, "dumpdef"))
+            return verb_dumpdef(&c, ops[0], format);
+        if (!strcmp(verb, "autostart")) {
+            if (strcmp(ops[1], "on") && strcmp(ops[1], "off"))
+                return fail("autostart NAME on|off");
+            char q[16];
+            snprintf(q, sizeof(q), "value=%s", ops[1]);
+            return verb_action(&c, ops[0], "autostart", q,
+                               !strcmp(ops[1], "on") ? "will autostart" : "will not autostart");
+        }
+        if (!strcmp(verb, "stats"))
+            return verb_stats(&c, ops[0]);
+        if (!strcmp(verb, "clone")) {
+            char *q = vs_asprintf("name=%s&mode=%s", ops[1], copy ? "copy" : "overlay");
+            int rc = verb_action(&c, ops[0], "clone", q, "cloned");
+            free(q);
+            return rc;
+        }
+        if (!strcmp(verb, "snapshot"))
+            return verb_snapshot(&c, ops[0], ops[1], nops > 2 ? ops[2] : NULL);
+        if (!strcmp(verb, "console"))
+            return verb_console(&c, ops[0]);
+    }
+    fprintf(stderr, "vessel: unknown VM verb '%s'\n", verb);
+    return 1;
+}

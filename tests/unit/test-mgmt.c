@@ -1,0 +1,267 @@
+/*
+ * tests/unit/test-mgmt.c — unit tests of lib/mgmt without VMs: the SQLite store (define, replace,
+ * uuid clashes, state transitions with their generation bumps, undefine of a running VM,
+ * snapshots, reopen after close = what a restarted daemon sees, concurrent writers from threads
+ * losing no update) and the HTTP request parser against well-formed and hostile heads (bare LF,
+ * obs-fold, chunked, duplicate or huge Content-Length, NUL bytes, oversized heads, traversal).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "vessel/mgmt.h"
+
+static struct mgmt_store *open_store(void)
+{
+    struct mgmt_store *s = NULL;
+    CHECK_OK(mgmt_store_open(test_path("vessel.db"), &s));
+    return s;
+}
+
+TEST(store_define_get_list)
+{
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    CHECK_OK(mgmt_store_define(s, "web1", "11111111-1111-4111-8111-111111111111", "name = web1\n",
+                               false, false));
+    CHECK_OK(mgmt_store_define(s, "db1", "22222222-2222-4222-8222-222222222222", "name = db1\n",
+                               true, false));
+    /* same name without replace: EEXIST; same uuid under another name: EEXIST */
+    CHECK(mgmt_store_define(s, "web1", "33333333-3333-4333-8333-333333333333", "x", false, false) ==
+          -EEXIST);
+    CHECK(mgmt_store_define(s, "web2", "11111111-1111-4111-8111-111111111111", "x", false, false) ==
+          -EEXIST);
+    CHECK(strstr(vs_error_message(), "web1") != NULL);
+    struct mgmt_vm_record rec;
+    CHECK_OK(mgmt_store_get(s, "web1", &rec));
+    CHECK(!strcmp(rec.state, "shutoff") && rec.pid == 0 && rec.last_exit == -1);
+    CHECK(!strcmp(rec.definition, "name = web1\n"));
+    mgmt_vm_record_free(&rec);
+    CHECK(mgmt_store_get(s, "nope", &rec) == -ENOENT);
+    struct mgmt_vm_record *list;
+    size_t n;
+    CHECK_OK(mgmt_store_list(s, &list, &n));
+    CHECK(n == 2 && !strcmp(list[0].name, "db1") && list[0].autostart && !list[1].autostart);
+    for (size_t i = 0; i < n; i++)
+        mgmt_vm_record_free(&list[i]);
+    free(list);
+    /* replace keeps the row and bumps the generation */
+    CHECK_OK(mgmt_store_define(s, "web1", "11111111-1111-4111-8111-111111111111",
+                               "name = web1\nvcpus = 2\n", false, true));
+    CHECK_OK(mgmt_store_get(s, "web1", &rec));
+    CHECK(rec.generation == 1 && strstr(rec.definition, "vcpus = 2"));
+    mgmt_vm_record_free(&rec);
+    CHECK_OK(mgmt_store_check(s));
+    mgmt_store_close(s);
+}
+
+TEST(store_states_and_reopen)
+{
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    CHECK_OK(mgmt_store_define(s, "vm", "44444444-4444-4444-8444-444444444444", "name = vm\n",
+                               false, false));
+    CHECK_OK(mgmt_store_set_state(s, "vm", "running", 1234, 1233, -1, "", true));
+    CHECK(mgmt_store_undefine(s, "vm") == -EBUSY);
+    CHECK(mgmt_store_set_state(s, "ghost", "running", 1, 1, -1, NULL, true) == -ENOENT);
+    mgmt_store_close(s);
+    /* what a daemon restarted after kill -9 reads back */
+    s = open_store();
+    if (!s)
+        return;
+    struct mgmt_vm_record rec;
+    CHECK_OK(mgmt_store_get(s, "vm", &rec));
+    CHECK(!strcmp(rec.state, "running") && rec.pid == 1234 && rec.keeper_pid == 1233);
+    CHECK(rec.boots == 1 && rec.started_at > 0 && rec.was_running);
+    mgmt_vm_record_free(&rec);
+    CHECK_OK(mgmt_store_set_state(s, "vm", "shutoff", 0, 0, 3, "guest crashed", false));
+    CHECK_OK(mgmt_store_get(s, "vm", &rec));
+    CHECK(!strcmp(rec.state, "shutoff") && rec.pid == 0 && rec.last_exit == 3);
+    CHECK(!strcmp(rec.last_error, "guest crashed") && rec.started_at == 0 && !rec.was_running);
+    mgmt_vm_record_free(&rec);
+    /* the schema refuses states nobody knows */
+    CHECK(mgmt_store_set_state(s, "vm", "levitating", 0, 0, -1, NULL, false) < 0);
+    CHECK_OK(mgmt_store_snapshot_add(s, "vm", "s1", "name = vm\n"));
+    CHECK(mgmt_store_snapshot_add(s, "vm", "s1", "x") == -EEXIST);
+    char **names;
+    size_t n;
+    CHECK_OK(mgmt_store_snapshot_list(s, "vm", &names, &n));
+    CHECK(n == 1 && !strcmp(names[0], "s1"));
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    CHECK_OK(mgmt_store_undefine(s, "vm"));
+    /* snapshots go with their VM */
+    CHECK_OK(mgmt_store_snapshot_list(s, "vm", &names, &n));
+    CHECK(n == 0);
+    free(names);
+    CHECK_OK(mgmt_store_check(s));
+    mgmt_store_close(s);
+}
+
+struct writer {
+    struct mgmt_store *store;
+    int index;
+    int failures;
+};
+
+static void *writer_thread(void *arg)
+{
+    struct writer *w = arg;
+    char name[32], uuid[37];
+    snprintf(name, sizeof(name), "t%d", w->index);
+    snprintf(uuid, sizeof(uuid), "%08x-0000-4000-8000-000000000000", (unsigned)w->index);
+    if (mgmt_store_define(w->store, name, uuid, "name = t\n", false, false))
+        w->failures++;
+    for (int i = 0; i < 20; i++)
+        if (mgmt_store_set_state(w->store, name, i % 2 ? "shutoff" : "running", i, i, -1, NULL,
+                                 i % 2 == 0) ||
+            mgmt_store_set_autostart(w->store, "shared", i % 2))
+            w->failures++;
+    return NULL;
+}
+
+TEST(store_concurrent_writers_lose_nothing)
+{
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    CHECK_OK(
+        mgmt_store_define(s, "shared", "55555555-5555-4555-8555-555555555555", "x", false, false));
+    enum { THREADS = 16 };
+    pthread_t t[THREADS];
+    struct writer w[THREADS];
+    for (int i = 0; i < THREADS; i++) {
+        w[i] = (struct writer){.store = s, .index = i};
+        pthread_create(&t[i], NULL, writer_thread, &w[i]);
+    }
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(t[i], NULL);
+        CHECK(w[i].failures == 0);
+    }
+    struct mgmt_vm_record rec;
+    CHECK_OK(mgmt_store_get(s, "shared", &rec));
+    CHECK(rec.generation == THREADS * 20); /* every update counted */
+    mgmt_vm_record_free(&rec);
+    CHECK_OK(mgmt_store_get(s, "t7", &rec));
+    CHECK(rec.generation == 20 && rec.boots == 10);
+    mgmt_vm_record_free(&rec);
+    CHECK_OK(mgmt_store_check(s));
+    mgmt_store_close(s);
+}
+
+/* ---- HTTP ------------------------------------------------------------------------------------ */
+
+static int parse(const char *text, struct mgmt_http_request *req, int *status)
+{
+    return mgmt_http_parse_head(text, strlen(text), req, status);
+}
+
+TEST(http_good_requests)
+{
+    struct mgmt_http_request req;
+    int status;
+    CHECK(parse("GET /v1/vms?all=1 HTTP/1.1\r\nHost: x\r\n\r\n", &req, &status) == 1);
+    CHECK(!strcmp(req.method, "GET") && !strcmp(req.path, "/v1/vms") &&
+          !strcmp(req.query, "all=1"));
+    const char *post = "POST /v1/vms/web%2D1/start HTTP/1.0\r\nContent-Length: 5\r\n"
+                       "Content-Type: text/plain\r\n\r\nhello";
+    CHECK(parse(post, &req, &status) == 1);
+    CHECK(!strcmp(req.path, "/v1/vms/web-1/start") && req.content_length == 5);
+    CHECK(req.head_len == strlen(post) - 5 && !strcmp(req.content_type, "text/plain"));
+    /* no Content-Length: no body */
+    CHECK(parse("POST /v1/vms/a/destroy HTTP/1.1\r\n\r\n", &req, &status) == 1);
+    CHECK(req.content_length == 0);
+    /* incomplete: need more */
+    CHECK(parse("GET /v1/vms HTTP/1.1\r\nHost:", &req, &status) == 0);
+    CHECK(parse("", &req, &status) == 0);
+    char value[64];
+    CHECK(mgmt_http_query_get("a=1&name=x%20y&b", "name", value, sizeof(value)));
+    CHECK(!strcmp(value, "x y"));
+    CHECK(mgmt_http_query_get("a=1&name=x%20y&b", "b", value, sizeof(value)) && !value[0]);
+    CHECK(!mgmt_http_query_get("a=1", "name", value, sizeof(value)));
+    CHECK(!mgmt_http_query_get("name=%zz", "name", value, sizeof(value)));
+    CHECK(!mgmt_http_query_get("name=%00", "name", value, sizeof(value)));
+    CHECK(!mgmt_http_query_get("name=%4", "name", value, sizeof(value)));
+}
+
+static int hostile(const char *text, size_t len)
+{
+    struct mgmt_http_request req;
+    int status = 0;
+    int rc = mgmt_http_parse_head(text, len, &req, &status);
+    if (rc >= 0) {
+        fprintf(stderr, "  accepted: %.60s\n", text);
+        return 0;
+    }
+    if (!vs_error_message()[0] || strchr(vs_error_message(), '\n'))
+        return -1; /* every rejection carries one line */
+    return status;
+}
+
+#define HOSTILE(text) hostile(text, sizeof(text) - 1)
+
+TEST(http_hostile_requests)
+{
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\nHost: x\n\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\r\nHost: x\r\n  folded\r\n\r\n") == 400);
+    CHECK(HOSTILE("POST /v1/vms HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n") == 501);
+    CHECK(HOSTILE("POST /v1/vms HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n") ==
+          400);
+    CHECK(HOSTILE("POST /v1/vms HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n") == 413);
+    CHECK(HOSTILE("POST /v1/vms HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n") == 413);
+    CHECK(HOSTILE("POST /v1/vms HTTP/1.1\r\nContent-Length: -1\r\n\r\n") == 400);
+    CHECK(HOSTILE("POST /v1/vms HTTP/1.1\r\nContent-Length: 1 2\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\r\nContent-Length: 3\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms HTTP/2.0\r\n\r\n") == 505);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1 extra\r\n\r\n") == 505);
+    CHECK(HOSTILE("GET v1/vms HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/../etc HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/%2e%2e/etc/ HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms/.. HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms/. HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1//vms HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/%00 HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\r\nBad Name: x\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\r\nNoColon\r\n\r\n") == 400);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\r\nX: a\x01b\r\n\r\n") == 400);
+    CHECK(HOSTILE("get /v1/vms HTTP/1.1\r\n\r\n") == 400);
+    CHECK(HOSTILE("BREW /v1/vms HTTP/1.1\r\n\r\n") == 405);
+    CHECK(HOSTILE("VERYLONGMETHOD /v1/vms HTTP/1.1\r\n\r\n") == 501);
+    CHECK(HOSTILE("GET /v1/vms HTTP/1.1\r\nX: \0\r\n\r\n") == 400);
+    /* too many header fields */
+    char many[4096] = "GET / HTTP/1.1\r\n";
+    for (int i = 0; i < MGMT_HTTP_MAX_HEADERS + 1; i++)
+        strcat(many, "A: b\r\n");
+    strcat(many, "\r\n");
+    CHECK(hostile(many, strlen(many)) == 431);
+    /* a head that never ends within the limit */
+    size_t big = MGMT_HTTP_MAX_HEAD + 100;
+    char *huge = malloc(big);
+    if (huge) {
+        memcpy(huge, "GET / HTTP/1.1\r\nX: ", 19);
+        memset(huge + 19, 'a', big - 19);
+        CHECK(hostile(huge, big) == 431);
+        free(huge);
+    }
+    /* an over-long target */
+    char uri[2100] = "GET /";
+    memset(uri + 5, 'a', 1500);
+    strcpy(uri + 1505, " HTTP/1.1\r\n\r\n");
+    CHECK(hostile(uri, strlen(uri)) == 414);
+}
+
+TEST(http_client_without_daemon)
+{
+    int status;
+    char *body;
+    size_t len;
+    CHECK(mgmt_client_request(test_path("nothing.sock"), "GET", "/v1/vms", NULL, NULL, 0, &status,
+                              &body, &len) < 0);
+    CHECK(strstr(vs_error_message(), "cannot reach vesseld") != NULL);
+    CHECK(!strcmp(mgmt_client_socket_path("unix:/x/y.sock"), "/x/y.sock"));
+}
