@@ -98,6 +98,9 @@ bool img_is_writable(const struct img *img);
 int64_t img_allocated_size(struct img *img);
 /* When the image's content is plain bytes in a host fd (raw over a file): the fd, else -1. */
 int img_raw_fd(struct img *img);
+/* The host file that this layer's IMG_STATUS_OFFSET host offsets point into (its protocol
+ * node's fd), or -1. Read-only use: the image owns the fd. */
+int img_host_fd(struct img *img);
 
 /* qemu-img info as JSON (keys as `qemu-img info --output=json`). With chain, an array of the whole
  * backing chain. *out is a new reference. */

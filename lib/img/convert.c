@@ -6,14 +6,20 @@
  * claim from one atomic counter. A worker classifies its chunk per target cluster with block
  * status (skip / zero / data), reads only the data, drops the all-zero blocks it finds, and writes
  * (or compresses) the rest — so reading, scanning, compressing and writing all run in parallel,
- * and no two threads ever touch the same target cluster. Plain raw files to plain raw files skip
- * user space entirely: data extents go through copy_file_range.
+ * and no two threads ever touch the same target cluster.
+ *
+ * Data is never copied twice: where block status says a source range is plain bytes at a host
+ * offset (raw, uncompressed qcow2/vmdk/vhd… clusters), the source file is mapped and the zero scan
+ * and the target write work straight from the page cache — one copy, where read+write takes two.
+ * With zero detection off (-S 0), plain raw to plain raw uses copy_file_range instead.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,6 +40,15 @@ struct convert_source {
     int fd; /* plain raw file, or -1 */
 };
 
+/* A source file mapped read-only, shared by the workers. */
+struct convert_map {
+    int fd;
+    const uint8_t *base; /* NULL: this fd can't be mapped */
+    uint64_t size;
+};
+
+#define CONVERT_MAPS_MAX 32
+
 struct convert_job {
     const struct img_convert_params *params;
     struct convert_source *sources;
@@ -48,6 +63,9 @@ struct convert_job {
     bool layer_only; /* -B: copy only what the sources' top layers allocate */
     bool compress;
     atomic_bool offload; /* copy_file_range still worth trying */
+    bool map_sources;    /* read plain extents through mappings of the source files */
+    struct convert_map maps[CONVERT_MAPS_MAX];
+    size_t map_count;
     atomic_uint_fast64_t next_chunk;
     atomic_uint_fast64_t done;
     atomic_int failed;
@@ -191,6 +209,71 @@ static int convert_write(struct convert_job *job, const uint8_t *buf, uint64_t o
     return 0;
 }
 
+/* Bytes [host, host+len) of LAYER's host file as a pointer into a read-only mapping, or NULL when
+ * that file can't be mapped (not a regular file, range beyond its end, mmap refused). */
+static const uint8_t *convert_mapped(struct convert_job *job, struct img *layer, uint64_t host,
+                                     uint64_t len)
+{
+    int fd = img_host_fd(layer);
+    if (fd < 0)
+        return NULL;
+    pthread_mutex_lock(&job->lock);
+    struct convert_map *m = NULL;
+    for (size_t i = 0; i < job->map_count; i++)
+        if (job->maps[i].fd == fd)
+            m = &job->maps[i];
+    if (!m && job->map_count < CONVERT_MAPS_MAX) {
+        m = &job->maps[job->map_count++];
+        m->fd = fd;
+        m->base = NULL;
+        m->size = 0;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+            void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+            if (p != MAP_FAILED) {
+                m->base = p;
+                m->size = (uint64_t)st.st_size;
+            }
+        }
+    }
+    pthread_mutex_unlock(&job->lock);
+    if (!m || !m->base || host > m->size || len > m->size - host)
+        return NULL;
+    return m->base + host;
+}
+
+/* Copy DATA-class target range [off, off+len): extent by extent, plain ones from the mapped
+ * source file, the rest (compressed, zero, unmappable) through img_pread into BUF. */
+static int convert_data(struct convert_worker *w, uint64_t off, uint64_t len)
+{
+    struct convert_job *job = w->job;
+    while (len) {
+        struct convert_source *s = convert_source_at(job, off);
+        uint64_t n = VS_MIN(len, s->start + s->size - off);
+        struct img_extent ext;
+        int rc = img_block_status(s->img, off - s->start, n, &ext);
+        if (rc)
+            return rc;
+        n = VS_MIN(n, ext.length);
+        const uint8_t *p = NULL;
+        if ((ext.flags & IMG_STATUS_DATA) && (ext.flags & IMG_STATUS_OFFSET) &&
+            !(ext.flags & IMG_STATUS_COMPRESSED) && ext.layer)
+            p = convert_mapped(job, ext.layer, ext.host_offset, n);
+        if (p) {
+            rc = convert_write(job, p, off, n);
+        } else {
+            rc = img_pread(s->img, w->buf, off - s->start, n);
+            if (!rc)
+                rc = convert_write(job, w->buf, off, n);
+        }
+        if (rc)
+            return rc;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
 /* Mark the units of the chunk starting at CS that [off, off+len) touches with CLS. */
 static void convert_mark(struct convert_worker *w, uint64_t cs, uint64_t off, uint64_t len,
                          uint8_t cls)
@@ -255,7 +338,9 @@ static int convert_chunk(struct convert_worker *w, uint64_t cs, uint64_t ce)
             rc = -ENOTSUP;
             if (atomic_load(&job->offload))
                 rc = convert_offload(job, off, end - off);
-            if (rc == -ENOTSUP) {
+            if (rc == -ENOTSUP && job->map_sources) {
+                rc = convert_data(w, off, end - off);
+            } else if (rc == -ENOTSUP) {
                 rc = convert_read(job, w->buf, off, end - off);
                 if (!rc)
                     rc = convert_write(job, w->buf, off, end - off);
@@ -362,7 +447,13 @@ int img_convert_images(struct img *const *sources, size_t count, struct img *tar
         goto out;
     }
     job.target_fd = img_raw_fd(target);
-    atomic_init(&job.offload, all_raw && job.target_fd >= 0 && !job.compress);
+    /* copy_file_range copies zero blocks too: only when zero detection is off (-S 0) */
+    atomic_init(&job.offload,
+                all_raw && job.target_fd >= 0 && !job.compress && !params->sparse_size);
+    /* Mapped reads need whole-unit writes to be optional (not -c), the chain's view (not -B),
+     * and a source nobody can truncate under us (-U shares it with writers: read instead). */
+    job.map_sources =
+        !job.compress && !job.layer_only && !(params->source_flags & IMG_OPEN_NO_LOCK);
     job.unit = cluster ? cluster : 512;
     if (params->sparse_size) {
         job.grain = VS_ALIGN_UP(VS_MAX(params->sparse_size, job.unit), job.unit);
@@ -442,6 +533,9 @@ int img_convert_images(struct img *const *sources, size_t count, struct img *tar
     if (!rc)
         convert_report(&job);
 out_sync:
+    for (size_t i = 0; i < job.map_count; i++)
+        if (job.maps[i].base)
+            munmap((void *)job.maps[i].base, (size_t)job.maps[i].size);
     free(job.errmsg);
     pthread_cond_destroy(&job.cond);
     pthread_mutex_destroy(&job.lock);

@@ -527,6 +527,14 @@ int64_t img_allocated_size(struct img *img)
     return p->drv->allocated_size(p);
 }
 
+int img_host_fd(struct img *img)
+{
+    struct img *file = img->file ? img->file : img;
+    if (file->drv->is_protocol && file->drv->get_fd)
+        return file->drv->get_fd(file);
+    return -1;
+}
+
 int img_raw_fd(struct img *img)
 {
     if (img->drv->get_fd && !img->backing)
