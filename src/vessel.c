@@ -16,6 +16,7 @@
 int cli_img_main(int argc, char **argv);
 int cli_host_main(int argc, char **argv);
 int cli_vm_main(int argc, char **argv); /* src/cli-vm.c: argv[0] is the verb */
+int cli_net_main(int argc, char **argv);
 int cli_guest_main(int argc, char **argv);
 
 struct vessel_command {
@@ -43,6 +44,7 @@ static const struct vessel_command vessel_commands[] = {
     {"clone", cli_vm_main, "copy a shut-off VM (new uuid and MACs)"},
     {"snapshot", cli_vm_main, "external qcow2 snapshots: create|list|revert|delete"},
     {"console", cli_vm_main, "attach to a VM's serial console"},
+    {"net", cli_net_main, "virtual networks: bridges, NAT with DHCP, VXLAN; taps for VMs"},
     {"guest", cli_guest_main, "files, partitions and boot entries of guest disks"},
 };
 
