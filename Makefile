@@ -128,3 +128,6 @@ clean:
 	rm -rf build
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# Keep object files that pattern rules build as intermediates (unit-test objects).
+.SECONDARY:

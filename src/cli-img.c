@@ -77,6 +77,45 @@ static int cli_parse_output(const char *arg, enum cli_output *out)
     return 0;
 }
 
+/* The options most verbs share: -h, -f FMT, -q, -U, --output, --object (accepted for qemu-img
+ * compatibility; vessel has no objects to define) and --image-opts (refused). A verb's getopt
+ * string and long options decide which of them it takes; its own cases come first in its switch
+ * and the rest fall through to cli_common_option(). */
+struct cli_common {
+    const char *format;
+    enum cli_output output;
+    bool quiet;
+    int open_flags; /* -U adds IMG_OPEN_NO_LOCK */
+};
+
+#define CLI_OPTION_TAKEN (-1)
+
+/* CLI_OPTION_TAKEN, or the exit code the verb returns now (help, a bad option or value). */
+static int cli_common_option(int c, char **argv, struct cli_common *o)
+{
+    switch (c) {
+    case 'h':
+        return cli_help();
+    case 'f':
+        o->format = optarg;
+        return CLI_OPTION_TAKEN;
+    case 'j':
+        return cli_parse_output(optarg, &o->output) ? 1 : CLI_OPTION_TAKEN;
+    case 'q':
+        o->quiet = true;
+        return CLI_OPTION_TAKEN;
+    case 'U':
+        o->open_flags |= IMG_OPEN_NO_LOCK;
+        return CLI_OPTION_TAKEN;
+    case 'O':
+        return CLI_OPTION_TAKEN;
+    case 'I':
+        return cli_usage_error("--image-opts is not supported");
+    default:
+        return cli_bad_option(c, argv);
+    }
+}
+
 static int cli_parse_size_arg(const char *text, const char *what, uint64_t *out)
 {
     if (vs_parse_size(text, out))
@@ -460,10 +499,8 @@ static void cli_info_human(struct json_object *o)
 
 static int cli_info(int argc, char **argv)
 {
-    const char *format = NULL;
-    enum cli_output output = CLI_OUTPUT_HUMAN;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN, .open_flags = IMG_OPEN_NO_BACKING};
     bool chain = false;
-    int flags = IMG_OPEN_NO_BACKING;
     static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
                                              {"output", required_argument, NULL, 'j'},
                                              {"backing-chain", no_argument, NULL, 'c'},
@@ -471,46 +508,31 @@ static int cli_info(int argc, char **argv)
                                              {"object", required_argument, NULL, 'O'},
                                              {"image-opts", no_argument, NULL, 'I'},
                                              {0}};
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":hf:U", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
-        case 'j':
-            if (cli_parse_output(optarg, &output))
-                return 1;
-            break;
         case 'c':
             chain = true;
             break;
-        case 'U':
-            flags |= IMG_OPEN_NO_LOCK;
-            break;
-        case 'O':
-            break;
-        case 'I':
-            return cli_usage_error("--image-opts is not supported");
         default:
-            return cli_bad_option(c, argv);
+            if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+                return rc;
         }
     }
     if (optind != argc - 1)
         return cli_usage_error(optind >= argc ? "expecting one image file name"
                                               : "expecting one image file name, got several");
     if (chain)
-        flags &= ~IMG_OPEN_NO_BACKING;
+        o.open_flags &= ~IMG_OPEN_NO_BACKING;
     struct img *img;
-    if (img_open(&img, argv[optind], format, flags))
+    if (img_open(&img, argv[optind], o.format, o.open_flags))
         return cli_fail(1);
     struct json_object *info;
     if (img_info_json(img, chain, &info)) {
         img_close(img);
         return cli_fail(1);
     }
-    if (output == CLI_OUTPUT_JSON) {
+    if (o.output == CLI_OUTPUT_JSON) {
         cli_json_print(info);
     } else if (chain) {
         for (size_t i = 0; i < json_object_array_length(info); i++) {
@@ -589,26 +611,16 @@ static void cli_check_json(const struct img_check *r, struct img *img)
 
 static int cli_check(int argc, char **argv)
 {
-    const char *format = NULL;
-    enum cli_output output = CLI_OUTPUT_HUMAN;
-    bool quiet = false;
-    int fix = 0, flags = IMG_OPEN_CHECK | IMG_OPEN_NO_BACKING;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN,
+                           .open_flags = IMG_OPEN_CHECK | IMG_OPEN_NO_BACKING};
+    int fix = 0;
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'},         {"output", required_argument, NULL, 'j'},
         {"repair", required_argument, NULL, 'r'}, {"force-share", no_argument, NULL, 'U'},
         {"object", required_argument, NULL, 'O'}, {0}};
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
-        case 'j':
-            if (cli_parse_output(optarg, &output))
-                return 1;
-            break;
         case 'r':
             if (!strcmp(optarg, "leaks"))
                 fix = IMG_CHECK_FIX_LEAKS;
@@ -617,30 +629,24 @@ static int cli_check(int argc, char **argv)
             else
                 return cli_usage_error("unknown value for -r: '%s' (expecting 'leaks' or 'all')",
                                        optarg);
-            flags |= IMG_OPEN_RDWR;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'U':
-            flags |= IMG_OPEN_NO_LOCK;
+            o.open_flags |= IMG_OPEN_RDWR;
             break;
         case 'T':
-        case 'O':
             break;
         default:
-            return cli_bad_option(c, argv);
+            if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+                return rc;
         }
     }
     if (optind != argc - 1)
         return cli_usage_error("expecting one image file name");
-    if ((flags & IMG_OPEN_RDWR) && (flags & IMG_OPEN_NO_LOCK))
+    if ((o.open_flags & IMG_OPEN_RDWR) && (o.open_flags & IMG_OPEN_NO_LOCK))
         return cli_usage_error("-U cannot be combined with -r: repairing needs the lock");
     struct img *img;
-    if (img_open(&img, argv[optind], format, flags))
+    if (img_open(&img, argv[optind], o.format, o.open_flags))
         return cli_fail(1);
-    struct img_check r = {.report = cli_check_report, .report_ctx = &quiet};
-    int rc = img_check(img, &r, fix);
+    struct img_check r = {.report = cli_check_report, .report_ctx = &o.quiet};
+    rc = img_check(img, &r, fix);
     if (rc == -ENOTSUP) {
         img_close(img);
         return cli_fail(63);
@@ -652,12 +658,12 @@ static int cli_check(int argc, char **argv)
     }
     if (fix && (r.corruptions_fixed || r.leaks_fixed)) {
         uint64_t leaks_fixed = r.leaks_fixed, corruptions_fixed = r.corruptions_fixed;
-        if (output == CLI_OUTPUT_HUMAN && !quiet)
+        if (o.output == CLI_OUTPUT_HUMAN && !o.quiet)
             printf("The following inconsistencies were found and repaired:\n\n"
                    "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
                    "Double checking the fixed image now...\n",
                    leaks_fixed, corruptions_fixed);
-        r = (struct img_check){.report = cli_check_report, .report_ctx = &quiet};
+        r = (struct img_check){.report = cli_check_report, .report_ctx = &o.quiet};
         rc = img_check(img, &r, 0);
         if (rc) {
             vs_error_prefix(rc, "check failed");
@@ -667,8 +673,8 @@ static int cli_check(int argc, char **argv)
         r.leaks_fixed = leaks_fixed;
         r.corruptions_fixed = corruptions_fixed;
     }
-    if (!quiet) {
-        if (output == CLI_OUTPUT_JSON)
+    if (!o.quiet) {
+        if (o.output == CLI_OUTPUT_JSON)
             cli_check_json(&r, img);
         else
             cli_check_human(&r);
@@ -1615,54 +1621,37 @@ static int cli_bench(int argc, char **argv)
 /* Virtual Server's "compact": give back the space of allocated blocks that read as zeros. */
 static int cli_compact(int argc, char **argv)
 {
-    const char *format = NULL;
-    enum cli_output output = CLI_OUTPUT_HUMAN;
-    bool quiet = false;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN};
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'}, {"output", required_argument, NULL, 'j'}, {0}};
-    int c;
-    while ((c = getopt_long(argc, argv, ":hf:q", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'j':
-            if (cli_parse_output(optarg, &output))
-                return 1;
-            break;
-        default:
-            return cli_bad_option(c, argv);
-        }
-    }
+    int c, rc;
+    while ((c = getopt_long(argc, argv, ":hf:q", longopts, NULL)) != -1)
+        if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+            return rc;
     if (optind != argc - 1)
         return cli_usage_error("expecting one file name");
     struct img *img;
-    if (img_open(&img, argv[optind], format, IMG_OPEN_RDWR | IMG_OPEN_NO_BACKING))
+    if (img_open(&img, argv[optind], o.format, IMG_OPEN_RDWR | IMG_OPEN_NO_BACKING))
         return cli_fail(1);
     struct img_compact result;
-    int rc = img_compact(img, &result);
+    rc = img_compact(img, &result);
     if (!rc)
         rc = img_close(img);
     else
         img_close(img);
     if (rc)
         return cli_fail(1);
-    if (output == CLI_OUTPUT_JSON) {
-        struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "blocks-freed",
+    if (o.output == CLI_OUTPUT_JSON) {
+        struct json_object *json = json_object_new_object();
+        json_object_object_add(json, "blocks-freed",
                                json_object_new_int64((int64_t)result.blocks_freed));
-        json_object_object_add(o, "bytes-before",
+        json_object_object_add(json, "bytes-before",
                                json_object_new_int64((int64_t)result.bytes_before));
-        json_object_object_add(o, "bytes-after",
+        json_object_object_add(json, "bytes-after",
                                json_object_new_int64((int64_t)result.bytes_after));
-        cli_json_print(o);
-        json_object_put(o);
-    } else if (!quiet) {
+        cli_json_print(json);
+        json_object_put(json);
+    } else if (!o.quiet) {
         char before[32], after[32];
         vs_format_size(result.bytes_before, before, sizeof(before));
         vs_format_size(result.bytes_after, after, sizeof(after));

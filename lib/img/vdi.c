@@ -356,31 +356,6 @@ static int vdi_write_bmap(struct img *img)
     return 0;
 }
 
-/* Write only the non-zero pages of BUF: the fresh block's file space is a hole. */
-static int vdi_write_nonzero(struct img *img, const uint8_t *buf, uint64_t at, size_t len)
-{
-    const size_t page = 4096;
-    size_t p = 0;
-    while (p < len) {
-        size_t n = VS_MIN(page - (at + p) % page, len - p);
-        bool zero = vs_buffer_is_zero(buf + p, n);
-        size_t q = p + n;
-        while (q < len) {
-            size_t m = VS_MIN(page, len - q);
-            if (vs_buffer_is_zero(buf + q, m) != zero)
-                break;
-            q += m;
-        }
-        if (!zero) {
-            int rc = vdi_write(img, buf + p, at + p, q - p);
-            if (rc)
-                return rc;
-        }
-        p = q;
-    }
-    return 0;
-}
-
 static int vdi_write_block(struct img *img, const uint8_t *buf, uint64_t offset, size_t len)
 {
     struct vdi_state *s = img->state;
@@ -411,7 +386,7 @@ static int vdi_write_block(struct img *img, const uint8_t *buf, uint64_t offset,
     uint64_t block = s->offset_data + (uint64_t)idx * s->block_size;
     int rc;
     if (clean) {
-        rc = vdi_write_nonzero(img, buf, block + in, len);
+        rc = vhd_write_nonzero(img->file, buf, block + in, len);
     } else {
         /* the space may hold stale bytes: write the whole block */
         uint8_t *full = vs_calloc(1, s->block_size);
@@ -723,19 +698,6 @@ static int vdi_compact(struct img *img, struct img_compact *result)
 
 /* ---- check ----------------------------------------------------------------------------------- */
 
-static void vdi_report(struct img_check *r, const char *fmt, ...) VS_PRINTF(2, 3);
-static void vdi_report(struct img_check *r, const char *fmt, ...)
-{
-    if (!r->report)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    r->report(r->report_ctx, line);
-}
-
 static int vdi_check(struct img *img, struct img_check *r, int fix)
 {
     struct vdi_state *s = img->state;
@@ -757,13 +719,15 @@ static int vdi_check(struct img *img, struct img_check *r, int fix)
         count++;
         if (e >= s->blocks) {
             r->corruptions++;
-            vdi_report(r, "block map entry %u: physical block %u is beyond the %u of the image", i,
-                       e, s->blocks);
+            vhd_check_report(r,
+                             "block map entry %u: physical block %u is beyond the %u of the image",
+                             i, e, s->blocks);
             continue;
         }
         if (user[e] != VDI_UNALLOCATED) {
             r->corruptions++;
-            vdi_report(r, "block map entries %u and %u both use physical block %u", user[e], i, e);
+            vhd_check_report(r, "block map entries %u and %u both use physical block %u", user[e],
+                             i, e);
             continue;
         }
         user[e] = i;
@@ -774,17 +738,17 @@ static int vdi_check(struct img *img, struct img_check *r, int fix)
     r->allocated_clusters = count;
     if (count != s->allocated) {
         r->corruptions++;
-        vdi_report(r, "header says %u blocks are allocated, the block map uses %u", s->allocated,
-                   count);
+        vhd_check_report(r, "header says %u blocks are allocated, the block map uses %u",
+                         s->allocated, count);
     }
     for (uint32_t k = 0; k < VS_MIN(s->allocated, s->blocks); k++)
         if (user[k] == VDI_UNALLOCATED && count == s->allocated) {
             r->leaks++;
-            vdi_report(r, "physical block %u is used by no guest block", k);
+            vhd_check_report(r, "physical block %u is used by no guest block", k);
         }
     if (max_end > (uint64_t)file_size) {
         r->corruptions++;
-        vdi_report(
+        vhd_check_report(
             r, "blocks reach offset %" PRIu64 ", beyond the end of the file (%" PRId64 " bytes)",
             max_end, file_size);
     }

@@ -6,6 +6,7 @@
  * conveniently; 1 KiB of table computed once is all VHDX's header and log checksums need.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -279,4 +280,40 @@ int vhd_file_status(struct img *file, struct vhd_extent_cache *c, uint64_t host,
     pthread_mutex_unlock(&c->lock);
     *pnum = VS_MIN(len, n);
     return st;
+}
+
+int vhd_write_nonzero(struct img *file, const uint8_t *buf, uint64_t at, size_t len)
+{
+    const size_t page = 4096;
+    size_t p = 0;
+    while (p < len) {
+        size_t n = VS_MIN(page - (at + p) % page, len - p);
+        bool zero = vs_buffer_is_zero(buf + p, n);
+        size_t q = p + n;
+        while (q < len) {
+            size_t m = VS_MIN(page, len - q);
+            if (vs_buffer_is_zero(buf + q, m) != zero)
+                break;
+            q += m;
+        }
+        if (!zero) {
+            int rc = file->drv->pwrite(file, buf + p, at + p, q - p);
+            if (rc)
+                return rc;
+        }
+        p = q;
+    }
+    return 0;
+}
+
+void vhd_check_report(struct img_check *r, const char *fmt, ...)
+{
+    if (!r->report)
+        return;
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    r->report(r->report_ctx, line);
 }

@@ -1,6 +1,7 @@
 /*
  * lib/img/vhd-common.h — pieces the VHD, VHDX and VDI drivers share: UTF-16 names, GUIDs,
- * Castagnoli CRC32C, and finding a parent disk from the paths a child stores.
+ * Castagnoli CRC32C, finding a parent disk from the paths a child stores, writing a fresh block
+ * sparsely, and check's report lines.
  *
  * The idea: Microsoft's two formats locate their parent the same way (a relative path first, then
  * an absolute one, each stored as UTF-16 with Windows separators), so the search and the text
@@ -13,6 +14,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "vessel/util.h"
 
 /* UTF-16 (little or big endian) of LEN bytes to a malloc'd UTF-8 string; stops at a NUL unit.
  * NULL (error set) on malformed surrogates. */
@@ -56,5 +59,14 @@ void vhd_extent_cache_destroy(struct vhd_extent_cache *c);
 void vhd_extent_cache_reset(struct vhd_extent_cache *c);
 int vhd_file_status(struct img *file, struct vhd_extent_cache *c, uint64_t host, uint64_t len,
                     uint64_t *pnum);
+
+/* Write BUF (LEN bytes) at AT of the protocol node FILE, leaving out all-zero 4 KiB pages: a
+ * freshly reserved block's file space is still a hole, so converting sparse data keeps the file
+ * sparse inside blocks too. */
+int vhd_write_nonzero(struct img *file, const uint8_t *buf, uint64_t at, size_t len);
+
+/* One line of a check report, through the caller's report callback when it has one. */
+struct img_check;
+void vhd_check_report(struct img_check *r, const char *fmt, ...) VS_PRINTF(2, 3);
 
 #endif

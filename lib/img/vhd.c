@@ -898,32 +898,6 @@ static int vhd_write_diff_block(struct img *img, const uint8_t *buf, uint64_t of
     return rc;
 }
 
-/* Write into a freshly reserved block, whose file space is still a hole: all-zero pages are left
- * out, so converting sparse data keeps the file sparse inside blocks too. */
-static int vhd_write_nonzero(struct img *img, const uint8_t *buf, uint64_t at, size_t len)
-{
-    const size_t page = 4096;
-    size_t p = 0;
-    while (p < len) {
-        size_t n = VS_MIN(page - (at + p) % page, len - p);
-        bool zero = vs_buffer_is_zero(buf + p, n);
-        size_t q = p + n;
-        while (q < len) {
-            size_t m = VS_MIN(page, len - q);
-            if (vs_buffer_is_zero(buf + q, m) != zero)
-                break;
-            q += m;
-        }
-        if (!zero) {
-            int rc = vhd_write(img, buf + p, at + p, q - p);
-            if (rc)
-                return rc;
-        }
-        p = q;
-    }
-    return 0;
-}
-
 static int vhd_write_block(struct img *img, const uint8_t *buf, uint64_t off, size_t len)
 {
     struct vhd_state *s = img->state;
@@ -955,7 +929,8 @@ static int vhd_write_block(struct img *img, const uint8_t *buf, uint64_t off, si
             }
         }
         if (!rc && reserved && s->tail_clean)
-            rc = vhd_write_nonzero(img, buf, block_off + s->bitmap_size + off % s->block_size, len);
+            rc = vhd_write_nonzero(img->file, buf, block_off + s->bitmap_size + off % s->block_size,
+                                   len);
         else if (!rc)
             rc = vhd_write(img, buf, block_off + s->bitmap_size + off % s->block_size, len);
     }
@@ -1549,19 +1524,6 @@ static int vhd_make_empty(struct img *img)
 
 /* ---- check ----------------------------------------------------------------------------------- */
 
-static void vhd_report(struct img_check *r, const char *fmt, ...) VS_PRINTF(2, 3);
-static void vhd_report(struct img_check *r, const char *fmt, ...)
-{
-    if (!r->report)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    r->report(r->report_ctx, line);
-}
-
 static int vhd_check(struct img *img, struct img_check *r, int fix)
 {
     struct vhd_state *s = img->state;
@@ -1571,14 +1533,14 @@ static int vhd_check(struct img *img, struct img_check *r, int fix)
     uint32_t sum = vhd_checksum(s->footer, VHD_FOOTER_SIZE, F_CHECKSUM);
     if (sum != get32(s->footer + F_CHECKSUM)) {
         r->corruptions++;
-        vhd_report(r, "footer checksum 0x%08x, expected 0x%08x", get32(s->footer + F_CHECKSUM),
-                   sum);
+        vhd_check_report(r, "footer checksum 0x%08x, expected 0x%08x",
+                         get32(s->footer + F_CHECKSUM), sum);
     }
     if (!vhd_dynamic(s)) {
         if ((uint64_t)file_size < img->size + VHD_FOOTER_SIZE) {
             r->corruptions++;
-            vhd_report(r, "fixed disk file is %" PRId64 " bytes, the disk needs %" PRIu64,
-                       file_size, img->size + VHD_FOOTER_SIZE);
+            vhd_check_report(r, "fixed disk file is %" PRId64 " bytes, the disk needs %" PRIu64,
+                             file_size, img->size + VHD_FOOTER_SIZE);
         }
         r->image_end_offset = img->size + VHD_FOOTER_SIZE;
         return 0;
@@ -1586,8 +1548,8 @@ static int vhd_check(struct img *img, struct img_check *r, int fix)
     sum = vhd_checksum(s->header, VHD_HEADER_SIZE, H_CHECKSUM);
     if (sum != get32(s->header + H_CHECKSUM)) {
         r->corruptions++;
-        vhd_report(r, "dynamic header checksum 0x%08x, expected 0x%08x",
-                   get32(s->header + H_CHECKSUM), sum);
+        vhd_check_report(r, "dynamic header checksum 0x%08x, expected 0x%08x",
+                         get32(s->header + H_CHECKSUM), sum);
     }
     uint8_t tail[VHD_FOOTER_SIZE];
     int rc = vhd_read(img, tail, (uint64_t)file_size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE);
@@ -1595,7 +1557,7 @@ static int vhd_check(struct img *img, struct img_check *r, int fix)
         return rc;
     if (memcmp(tail, s->footer, VHD_FOOTER_SIZE)) {
         r->corruptions++;
-        vhd_report(r, "the footer at the end of the file differs from its copy at offset 0");
+        vhd_check_report(r, "the footer at the end of the file differs from its copy at offset 0");
     }
     uint64_t span = (uint64_t)s->bitmap_size + s->block_size;
     struct vhd_block_ref *refs = vs_calloc(VS_MAX(s->max_entries, 1), sizeof(*refs));
@@ -1611,16 +1573,16 @@ static int vhd_check(struct img *img, struct img_check *r, int fix)
         uint64_t off = (uint64_t)e * VHD_SECTOR;
         if (off + span > (uint64_t)file_size - VHD_FOOTER_SIZE) {
             r->corruptions++;
-            vhd_report(r,
-                       "BAT entry %u: block at offset %" PRIu64 " extends beyond the end of "
-                       "the file",
-                       i, off);
+            vhd_check_report(r,
+                             "BAT entry %u: block at offset %" PRIu64 " extends beyond the end of "
+                             "the file",
+                             i, off);
         } else if (off < s->data_start) {
             r->corruptions++;
-            vhd_report(r,
-                       "BAT entry %u: block at offset %" PRIu64 " overlaps the header, BAT "
-                       "or parent locators",
-                       i, off);
+            vhd_check_report(r,
+                             "BAT entry %u: block at offset %" PRIu64 " overlaps the header, BAT "
+                             "or parent locators",
+                             i, off);
         } else {
             refs[n++] = (struct vhd_block_ref){off, i};
         }
@@ -1634,13 +1596,13 @@ static int vhd_check(struct img *img, struct img_check *r, int fix)
     for (size_t k = 0; k < n; k++) {
         if (k && refs[k].offset < refs[k - 1].offset + span) {
             r->corruptions++;
-            vhd_report(
+            vhd_check_report(
                 r, "BAT entries %u and %u: blocks at offsets %" PRIu64 " and %" PRIu64 " overlap",
                 refs[k - 1].index, refs[k].index, refs[k - 1].offset, refs[k].offset);
         } else if (refs[k].offset > end) {
             r->leaks += (refs[k].offset - end) / span + ((refs[k].offset - end) % span != 0);
-            vhd_report(r, "%" PRIu64 " bytes at offset %" PRIu64 " belong to no block",
-                       refs[k].offset - end, end);
+            vhd_check_report(r, "%" PRIu64 " bytes at offset %" PRIu64 " belong to no block",
+                             refs[k].offset - end, end);
         }
         end = VS_MAX(end, refs[k].offset + span);
     }

@@ -1092,30 +1092,6 @@ static int vhdx_write_bat_entry(struct img *img, uint64_t i)
     return vhdx_write(img, &v, s->bat_offset + i * 8, 8);
 }
 
-static int vhdx_write_nonzero(struct img *img, const uint8_t *buf, uint64_t at, size_t len)
-{
-    const size_t page = 4096;
-    size_t p = 0;
-    while (p < len) {
-        size_t n = VS_MIN(page - (at + p) % page, len - p);
-        bool zero = vs_buffer_is_zero(buf + p, n);
-        size_t q = p + n;
-        while (q < len) {
-            size_t m = VS_MIN(page, len - q);
-            if (vs_buffer_is_zero(buf + q, m) != zero)
-                break;
-            q += m;
-        }
-        if (!zero) {
-            int rc = vhdx_write(img, buf + p, at + p, q - p);
-            if (rc)
-                return rc;
-        }
-        p = q;
-    }
-    return 0;
-}
-
 static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset, size_t len)
 {
     struct vhdx_state *s = img->state;
@@ -1140,7 +1116,7 @@ static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset
     s->pending[block] = 1;
     pthread_mutex_unlock(&img->lock);
 
-    rc = vhdx_write_nonzero(img, buf, at + in, len);
+    rc = vhd_write_nonzero(img->file, buf, at + in, len);
 
     pthread_mutex_lock(&img->lock);
     if (!rc) {
@@ -1649,19 +1625,6 @@ static int vhdx_compact(struct img *img, struct img_compact *result)
 
 /* ---- check ----------------------------------------------------------------------------------- */
 
-static void vhdx_report(struct img_check *r, const char *fmt, ...) VS_PRINTF(2, 3);
-static void vhdx_report(struct img_check *r, const char *fmt, ...)
-{
-    if (!r->report)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    r->report(r->report_ctx, line);
-}
-
 static int vhdx_check(struct img *img, struct img_check *r, int fix)
 {
     struct vhdx_state *s = img->state;
@@ -1677,10 +1640,10 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
         rc = vhdx_read(img, buf, hdr_off[k], VHDX_HEADER_SIZE);
         if (!rc && !vhdx_header_valid(buf)) {
             r->corruptions++;
-            vhdx_report(r,
-                        "header %d (offset %" PRIu64 ") has a bad signature, checksum or "
-                        "version",
-                        k + 1, hdr_off[k]);
+            vhd_check_report(r,
+                             "header %d (offset %" PRIu64 ") has a bad signature, checksum or "
+                             "version",
+                             k + 1, hdr_off[k]);
         }
     }
     uint64_t reg_off[2] = {VHDX_REGION1, VHDX_REGION2};
@@ -1689,8 +1652,9 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
         if (!rc &&
             (memcmp(buf, "regi", 4) || le32_at(buf + 4) != vhdx_checksum(buf, VHDX_REGION_SIZE))) {
             r->corruptions++;
-            vhdx_report(r, "region table %d (offset %" PRIu64 ") has a bad signature or checksum",
-                        k + 1, reg_off[k]);
+            vhd_check_report(r,
+                             "region table %d (offset %" PRIu64 ") has a bad signature or checksum",
+                             k + 1, reg_off[k]);
         }
     }
     free(buf);
@@ -1698,7 +1662,7 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
         return rc;
     if (s->log_dirty) {
         r->corruptions++;
-        vhdx_report(r, "the log holds updates that were never replayed (repair with -r all)");
+        vhd_check_report(r, "the log holds updates that were never replayed (repair with -r all)");
     }
     struct vhdx_slot *slots = vs_calloc(VS_MAX(s->bat_entries, 1), sizeof(*slots));
     if (!slots)
@@ -1718,7 +1682,7 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
             st != PAYLOAD_UNMAPPED && st != PAYLOAD_FULLY_PRESENT &&
             !(st == PAYLOAD_PARTIALLY_PRESENT && s->has_parent)) {
             r->corruptions++;
-            vhdx_report(r, "BAT entry %" PRIu64 ": invalid state %u", i, st);
+            vhd_check_report(r, "BAT entry %" PRIu64 ": invalid state %u", i, st);
             continue;
         }
         if (!present)
@@ -1732,10 +1696,10 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
         }
         if (off + len > (uint64_t)file_size) {
             r->corruptions++;
-            vhdx_report(r,
-                        "BAT entry %" PRIu64 ": block at offset %" PRIu64 " extends beyond "
-                        "the end of the file",
-                        i, off);
+            vhd_check_report(r,
+                             "BAT entry %" PRIu64 ": block at offset %" PRIu64 " extends beyond "
+                             "the end of the file",
+                             i, off);
             continue;
         }
         bool overlaps_meta =
@@ -1744,10 +1708,10 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
             (off < s->bat_offset + s->bat_length && off + len > s->bat_offset);
         if (overlaps_meta) {
             r->corruptions++;
-            vhdx_report(r,
-                        "BAT entry %" PRIu64 ": block at offset %" PRIu64 " overlaps the "
-                        "headers, log, metadata or BAT",
-                        i, off);
+            vhd_check_report(r,
+                             "BAT entry %" PRIu64 ": block at offset %" PRIu64 " overlaps the "
+                             "headers, log, metadata or BAT",
+                             i, off);
             continue;
         }
         slots[n++] = (struct vhdx_slot){off, i};
@@ -1758,10 +1722,11 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
         uint64_t plen = (slots[k - 1].index + 1) % (s->chunk_ratio + 1) == 0 ? MiB : s->block_size;
         if (slots[k].offset < slots[k - 1].offset + plen) {
             r->corruptions++;
-            vhdx_report(r,
-                        "BAT entries %" PRIu64 " and %" PRIu64 ": blocks at %" PRIu64
-                        " and %" PRIu64 " overlap",
-                        slots[k - 1].index, slots[k].index, slots[k - 1].offset, slots[k].offset);
+            vhd_check_report(r,
+                             "BAT entries %" PRIu64 " and %" PRIu64 ": blocks at %" PRIu64
+                             " and %" PRIu64 " overlap",
+                             slots[k - 1].index, slots[k].index, slots[k - 1].offset,
+                             slots[k].offset);
         }
     }
     free(slots);
