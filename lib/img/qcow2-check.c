@@ -36,6 +36,7 @@ struct check_ctx {
     uint32_t *refs;
     uint64_t nrefs;
     uint64_t max_refs; /* references beyond this are errors, not counters */
+    int fix;           /* IMG_CHECK_FIX_* of this pass */
     bool quiet;
     struct l2_use *uses;
     size_t uses_cap, uses_count;
@@ -312,17 +313,20 @@ static int compute_refs(struct check_ctx *c)
         uint64_t off = s->reftable[r] & QCOW2_REFT_OFFSET_MASK;
         if (!off)
             continue;
-        if (off & (s->cluster_size - 1)) {
+        bool misaligned = off & (s->cluster_size - 1);
+        if (misaligned || (off >> s->cluster_bits) >= file_clusters) {
+            /* Repair drops the entry: the refcounts it should hold are rebuilt into a fresh
+             * block inside the file. Writing to the stale offset instead would grow the file
+             * to wherever a hostile table points (qemu extends it, to terabytes). */
+            bool repair = (c->fix & IMG_CHECK_FIX_ERRORS) && qcow2_reftable_drop(s, r) == 0;
             report(c,
-                   "ERROR refcount block %llu is not cluster aligned; refcount table entry "
-                   "corrupted",
-                   (unsigned long long)r);
+                   misaligned ? "%s refcount block %llu is not cluster aligned; refcount table "
+                                "entry corrupted"
+                              : "%s refcount block %llu is outside image",
+                   repair ? "Repairing" : "ERROR", (unsigned long long)r);
             c->res->corruptions++;
-            continue;
-        }
-        if ((off >> s->cluster_bits) >= file_clusters) {
-            report(c, "ERROR refcount block %llu is outside image", (unsigned long long)r);
-            c->res->corruptions++;
+            if (repair)
+                c->res->corruptions_fixed++;
             continue;
         }
         inc_refs(c, off, s->cluster_size);
@@ -452,7 +456,7 @@ static int check_copied(struct check_ctx *c, int fix)
 
 static int check_pass(struct qcow2_state *s, struct img_check *res, int fix, bool quiet)
 {
-    struct check_ctx c = {.s = s, .res = res, .quiet = quiet};
+    struct check_ctx c = {.s = s, .res = res, .fix = fix, .quiet = quiet};
     int64_t fsize = img_file_size(s->file);
     if (fsize < 0)
         return (int)fsize;

@@ -125,6 +125,17 @@ static int reftable_write_entry(struct qcow2_state *s, uint64_t r)
     return qcow2_file_pwrite(s, be, s->reftable_offset + r * 8, 8, QCOW2_META_REFTABLE);
 }
 
+int qcow2_reftable_drop(struct qcow2_state *s, uint64_t r)
+{
+    if (r >= s->reftable_size)
+        return -EINVAL;
+    uint64_t off = s->reftable[r] & QCOW2_REFT_OFFSET_MASK;
+    if (off)
+        qcow2_cache_drop(&s->rb_cache, off);
+    s->reftable[r] = 0;
+    return reftable_write_entry(s, r);
+}
+
 /* ---- metadata map and overlap checks ---- */
 
 static int meta_add_range(struct qcow2_state *s, uint64_t offset, uint64_t len, uint8_t kind)

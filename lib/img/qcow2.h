@@ -254,6 +254,8 @@ void qcow2_set_remove_bits(struct qcow2_set *set, uint64_t key, uint8_t bits);
 /* ---- qcow2-refcount.c ---- */
 int qcow2_refcount_get(struct qcow2_state *s, uint64_t cluster, uint64_t *rc);
 int qcow2_refcount_set(struct qcow2_state *s, uint64_t cluster, uint64_t value);
+/* Check repair: forget refcount block R (the table entry becomes 0, written through). */
+int qcow2_reftable_drop(struct qcow2_state *s, uint64_t r);
 /* Add DELTA to the refcount of each cluster in [offset, offset+len) (byte range, whole clusters
  * touched). A count reaching zero frees the cluster. */
 int qcow2_refcount_update_range(struct qcow2_state *s, uint64_t offset, uint64_t len,
