@@ -242,36 +242,27 @@ static const uint8_t *convert_mapped(struct convert_job *job, struct img *layer,
     return m->base + host;
 }
 
-/* Copy DATA-class target range [off, off+len): extent by extent, plain ones from the mapped
- * source file, the rest (compressed, zero, unmappable) through img_pread into BUF. */
+/* Copy DATA-class target range [off, off+len) (whole target units). When one plain extent of
+ * one source covers all of it, straight from the mapped source file; otherwise through img_pread
+ * into BUF. Never in smaller pieces: some targets (streamOptimized VMDK) take each unit once. */
 static int convert_data(struct convert_worker *w, uint64_t off, uint64_t len)
 {
     struct convert_job *job = w->job;
-    while (len) {
-        struct convert_source *s = convert_source_at(job, off);
-        uint64_t n = VS_MIN(len, s->start + s->size - off);
+    struct convert_source *s = convert_source_at(job, off);
+    if (len <= s->start + s->size - off) {
         struct img_extent ext;
-        int rc = img_block_status(s->img, off - s->start, n, &ext);
+        int rc = img_block_status(s->img, off - s->start, len, &ext);
         if (rc)
             return rc;
-        n = VS_MIN(n, ext.length);
-        const uint8_t *p = NULL;
-        if ((ext.flags & IMG_STATUS_DATA) && (ext.flags & IMG_STATUS_OFFSET) &&
-            !(ext.flags & IMG_STATUS_COMPRESSED) && ext.layer)
-            p = convert_mapped(job, ext.layer, ext.host_offset, n);
-        if (p) {
-            rc = convert_write(job, p, off, n);
-        } else {
-            rc = img_pread(s->img, w->buf, off - s->start, n);
-            if (!rc)
-                rc = convert_write(job, w->buf, off, n);
+        if (ext.length >= len && (ext.flags & IMG_STATUS_DATA) && (ext.flags & IMG_STATUS_OFFSET) &&
+            !(ext.flags & IMG_STATUS_COMPRESSED) && ext.layer) {
+            const uint8_t *p = convert_mapped(job, ext.layer, ext.host_offset, len);
+            if (p)
+                return convert_write(job, p, off, len);
         }
-        if (rc)
-            return rc;
-        off += n;
-        len -= n;
     }
-    return 0;
+    int rc = convert_read(job, w->buf, off, len);
+    return rc ? rc : convert_write(job, w->buf, off, len);
 }
 
 /* Mark the units of the chunk starting at CS that [off, off+len) touches with CLS. */
