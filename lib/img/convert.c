@@ -77,17 +77,31 @@ struct convert_job {
     char *errmsg;
 };
 
+#define CONVERT_EXTENTS_MAX 64
+
+/* A source extent seen while classifying a chunk, by target offset (block status is not free:
+ * a raw source answers it with two lseeks; each chunk asks once per extent). */
+struct convert_extent {
+    uint64_t offset; /* target offset */
+    uint64_t length;
+    struct img_extent ext;
+};
+
 struct convert_worker {
     struct convert_job *job;
     pthread_t thread;
     uint8_t *buf;
     uint8_t *classes; /* one per unit of the chunk */
+    struct convert_extent extents[CONVERT_EXTENTS_MAX];
+    size_t extent_count;
 };
 
 void img_convert_params_init(struct img_convert_params *params)
 {
     memset(params, 0, sizeof(*params));
-    params->workers = 8;
+    /* I/O-bound, so some more workers than cores; more than 2 per core only adds lock waits */
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    params->workers = cpus < 1 ? 2 : (unsigned)VS_MIN(8, VS_MAX(2, 2 * cpus));
     params->sparse_size = 4096;
 }
 
@@ -248,15 +262,17 @@ static const uint8_t *convert_mapped(struct convert_job *job, struct img *layer,
 static int convert_data(struct convert_worker *w, uint64_t off, uint64_t len)
 {
     struct convert_job *job = w->job;
-    struct convert_source *s = convert_source_at(job, off);
-    if (len <= s->start + s->size - off) {
-        struct img_extent ext;
-        int rc = img_block_status(s->img, off - s->start, len, &ext);
-        if (rc)
-            return rc;
-        if (ext.length >= len && (ext.flags & IMG_STATUS_DATA) && (ext.flags & IMG_STATUS_OFFSET) &&
-            !(ext.flags & IMG_STATUS_COMPRESSED) && ext.layer) {
-            const uint8_t *p = convert_mapped(job, ext.layer, ext.host_offset, len);
+    /* the extent the chunk's classification saw at OFF (not recorded past the 64th: read) */
+    const struct convert_extent *e = NULL;
+    for (size_t i = 0; i < w->extent_count && !e; i++)
+        if (w->extents[i].offset <= off && off < w->extents[i].offset + w->extents[i].length)
+            e = &w->extents[i];
+    if (e && off + len <= e->offset + e->length) {
+        const struct img_extent *x = &e->ext;
+        if ((x->flags & IMG_STATUS_DATA) && (x->flags & IMG_STATUS_OFFSET) &&
+            !(x->flags & IMG_STATUS_COMPRESSED) && x->layer) {
+            const uint8_t *p =
+                convert_mapped(job, x->layer, x->host_offset + (off - e->offset), len);
             if (p)
                 return convert_write(job, p, off, len);
         }
@@ -299,21 +315,49 @@ static uint8_t convert_resolve(const struct convert_job *job, uint8_t bits)
     return CONVERT_SKIP;
 }
 
+/* A long run that needs no work (zeros on a target that reads zeros, or -B ranges the backing
+ * provides) is skipped whole: the shared chunk counter jumps past it, instead of the workers
+ * walking a 4 TiB hole 2 MiB at a time. EXT is the status at CS, asked up to the source's end.
+ * Returns the bytes of the chunks this call skipped. */
+static uint64_t convert_skip_run(struct convert_job *job, uint64_t cs, const struct img_extent *ext)
+{
+    uint8_t cls = convert_resolve(job, convert_class_of(job, ext));
+    if (!(cls == CONVERT_SKIP || (cls == CONVERT_ZERO && job->reads_zero)))
+        return 0;
+    uint64_t end_chunk = (cs + ext->length) / job->chunk;
+    uint_fast64_t cur = atomic_load(&job->next_chunk);
+    while (cur < end_chunk) {
+        if (atomic_compare_exchange_weak(&job->next_chunk, &cur, end_chunk))
+            return (end_chunk - cur) * job->chunk;
+    }
+    return 0;
+}
+
 static int convert_chunk(struct convert_worker *w, uint64_t cs, uint64_t ce)
 {
     struct convert_job *job = w->job;
     uint64_t units = VS_DIV_ROUND_UP(ce - cs, job->unit);
     memset(w->classes, 0, units);
+    w->extent_count = 0;
     for (uint64_t off = cs; off < ce;) {
         struct convert_source *s = convert_source_at(job, off);
-        uint64_t n = VS_MIN(ce, s->start + s->size) - off;
+        /* the first question reaches to the source's end, so a long hole is seen whole */
+        uint64_t n = (off == cs ? s->start + s->size : VS_MIN(ce, s->start + s->size)) - off;
         struct img_extent ext;
         int rc = job->layer_only ? img_block_status_layer(s->img, off - s->start, n, &ext)
                                  : img_block_status(s->img, off - s->start, n, &ext);
         if (rc)
             return rc;
-        uint64_t len = VS_MIN(ext.length, n);
+        if (off == cs) {
+            uint64_t skipped = convert_skip_run(job, cs, &ext);
+            if (skipped)
+                atomic_fetch_add(&job->done, skipped);
+        }
+        uint64_t len = VS_MIN(VS_MIN(ext.length, n), ce - off);
         convert_mark(w, cs, off, len, convert_class_of(job, &ext));
+        if (w->extent_count < CONVERT_EXTENTS_MAX)
+            w->extents[w->extent_count++] =
+                (struct convert_extent){.offset = off, .length = len, .ext = ext};
         off += len;
     }
     for (uint64_t u = 0; u < units;) {
@@ -344,30 +388,6 @@ static int convert_chunk(struct convert_worker *w, uint64_t cs, uint64_t ce)
     return 0;
 }
 
-/* A long run that needs no work (zeros on a target that reads zeros, or -B ranges the backing
- * provides) is skipped whole: the shared chunk counter jumps past it, instead of the workers
- * walking a 4 TiB hole 2 MiB at a time. Returns the bytes of the chunks this call skipped. */
-static uint64_t convert_skip_run(struct convert_job *job, uint64_t cs)
-{
-    struct convert_source *s = convert_source_at(job, cs);
-    uint64_t n = s->start + s->size - cs;
-    struct img_extent ext;
-    int rc = job->layer_only ? img_block_status_layer(s->img, cs - s->start, n, &ext)
-                             : img_block_status(s->img, cs - s->start, n, &ext);
-    if (rc)
-        return 0; /* the chunk walk reports it */
-    uint8_t cls = convert_resolve(job, convert_class_of(job, &ext));
-    if (!(cls == CONVERT_SKIP || (cls == CONVERT_ZERO && job->reads_zero)))
-        return 0;
-    uint64_t end_chunk = (cs + VS_MIN(ext.length, n)) / job->chunk;
-    uint_fast64_t cur = atomic_load(&job->next_chunk);
-    while (cur < end_chunk) {
-        if (atomic_compare_exchange_weak(&job->next_chunk, &cur, end_chunk))
-            return (end_chunk - cur) * job->chunk;
-    }
-    return 0;
-}
-
 static void *convert_worker_main(void *arg)
 {
     struct convert_worker *w = arg;
@@ -378,9 +398,6 @@ static void *convert_worker_main(void *arg)
         if (i >= chunks)
             break;
         uint64_t cs = i * job->chunk, ce = VS_MIN(job->total, cs + job->chunk);
-        uint64_t skipped = convert_skip_run(job, cs);
-        if (skipped)
-            atomic_fetch_add(&job->done, skipped);
         int rc = convert_chunk(w, cs, ce);
         if (rc) {
             convert_fail(job, rc);
