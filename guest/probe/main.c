@@ -294,7 +294,7 @@ static void run_tests(const char *def)
         const char *name;
         int (*fn)(void);
     } tests[] = {
-        {"io", test_io},   {"blk", test_blk},         {"net", test_net},
+        {"io", test_io},   {"blk", test_blk},         {"dhcp", test_dhcp}, {"net", test_net},
         {"rng", test_rng}, {"balloon", test_balloon}, {"irq", test_irq},
     };
     for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
@@ -367,7 +367,8 @@ void probe_main(u64 start_info_paddr)
 
     const char *mode = param_str("probe.mode", "run");
     if (!strcmp(mode, "idle")) {
-        run_tests("");
+        /* probe.net=dhcp alone in idle mode: take a lease, then stay up */
+        run_tests(strcmp(param_str("probe.net", "frames"), "dhcp") ? "" : "net");
         idle();
     }
     run_tests(DEFAULT_TESTS);

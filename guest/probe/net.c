@@ -7,6 +7,8 @@
  * probe pings from the first and echoes on the others in the same polling loop, so one guest
  * exercises transmit and receive; across two VMs one runs role=echo, the other role=ping.
  * Probe frames use the local-experimental EtherType 0x88b5; nothing else is ever answered.
+ * probe.net.frame_len pads pings (echoes copy the length they got) so the same loop measures
+ * bandwidth. The net_raw_* calls lend the first NIC to protocol clients such as dhcp.c.
  */
 #include "probe.h"
 
@@ -16,6 +18,8 @@
 #define RING             128
 #define ETHERTYPE_PROBE  0x88b5
 #define MAX_NICS         4
+#define FRAME_MIN        64   /* sizeof(struct probe_frame) */
+#define FRAME_MAX        1514 /* Ethernet without FCS; fits RX_BUF_LEN with the header */
 
 enum { MSG_PING = 0, MSG_PONG = 1, MSG_STOP = 2 };
 
@@ -89,18 +93,28 @@ static u32 tx_reclaim(struct nic *n)
     return n->tx.num_free;
 }
 
-static int tx_frame(struct nic *n, const struct probe_frame *fr)
+/* Queue one frame of `len` bytes (zero-padded beyond `copy`); the caller kicks. */
+static int tx_raw(struct nic *n, const void *frame, u32 copy, u32 len)
 {
-    if (tx_reclaim(n) < 1)
+    if (len > FRAME_MAX || copy > len || tx_reclaim(n) < 1)
         return -1;
     u8 *buf = n->tx_bufs + (u64)(n->tx_next++ % n->tx.size) * RX_BUF_LEN;
     memset(buf, 0, NET_HDR_LEN);
-    memcpy(buf + NET_HDR_LEN, fr, sizeof(*fr));
-    struct vbuf vb = {(u64)buf, NET_HDR_LEN + sizeof(*fr), false};
+    memcpy(buf + NET_HDR_LEN, frame, copy);
+    if (len > copy)
+        memset(buf + NET_HDR_LEN + copy, 0, len - copy);
+    struct vbuf vb = {(u64)buf, NET_HDR_LEN + len, false};
     if (vq_add(&n->tx, &vb, 1, 0) < 0)
         return -1;
     n->tx_frames++;
     return 0;
+}
+
+static u32 frame_len = FRAME_MIN; /* probe.net.frame_len, for pings */
+
+static int tx_frame(struct nic *n, const struct probe_frame *fr)
+{
+    return tx_raw(n, fr, sizeof(*fr), fr->msg == MSG_PING ? frame_len : sizeof(*fr));
 }
 
 static void frame_init(struct probe_frame *fr, const u8 *dst, const u8 *src, u8 msg, u32 seq)
@@ -128,14 +142,23 @@ static u32 rx_poll(struct nic *n, bool echo, void (*on_pong)(const struct probe_
         n->rx_frames++;
         const struct probe_frame *fr =
             (const void *)(n->rx_bufs + token * RX_BUF_LEN + NET_HDR_LEN);
-        if (len >= NET_HDR_LEN + 22 && fr->type_be[0] == (ETHERTYPE_PROBE >> 8) &&
+        if (len >= NET_HDR_LEN + 22 && len <= RX_BUF_LEN &&
+            fr->type_be[0] == (ETHERTYPE_PROBE >> 8) &&
             fr->type_be[1] == (ETHERTYPE_PROBE & 0xff) && !memcmp(fr->magic, "VPRB", 4)) {
             if (fr->msg == MSG_PING && echo) {
-                struct probe_frame reply = *fr;
+                /* echo as many bytes as arrived (a short frame is padded to the struct) */
+                u32 got = len - NET_HDR_LEN, reply_len = got;
+                if (reply_len < sizeof(struct probe_frame))
+                    reply_len = sizeof(struct probe_frame);
+                if (reply_len > FRAME_MAX)
+                    reply_len = got = FRAME_MAX;
+                struct probe_frame reply;
+                memset(&reply, 0, sizeof(reply));
+                memcpy(&reply, fr, got < sizeof(reply) ? got : sizeof(reply));
                 memcpy(reply.dst, fr->src, 6);
                 memcpy(reply.src, n->mac, 6);
                 reply.msg = MSG_PONG;
-                if (tx_frame(n, &reply) == 0) {
+                if (tx_raw(n, &reply, sizeof(reply), reply_len) == 0) {
                     n->echoed++;
                     echoed = true;
                 }
@@ -175,6 +198,8 @@ static int net_ping(void)
         window = 1;
     if (window > n->tx.size / 2)
         window = n->tx.size / 2;
+    u64 want_len = param_u64("probe.net.frame_len", FRAME_MIN);
+    frame_len = want_len < FRAME_MIN ? FRAME_MIN : want_len > FRAME_MAX ? FRAME_MAX : (u32)want_len;
     pongs = rtt_sum = 0;
     u64 sent = 0, t0 = rdtsc(), last_progress = t0;
     while (pongs < count) {
@@ -213,6 +238,12 @@ static int net_ping(void)
         result("net", "pps", "%llu", (unsigned long long)(pongs * tsc_khz * 1000 / cycles));
     if (pongs)
         result("net", "rtt_us", "%llu", (unsigned long long)cycles_to_us(rtt_sum / pongs));
+    if (frame_len != FRAME_MIN) { /* only when asked for: the default output stays as it was */
+        result("net", "frame_len", "%u", frame_len);
+        if (tsc_khz && cycles) /* echoed payload back at the pinger, one direction */
+            result("net", "kbit_s", "%llu",
+                   (unsigned long long)(pongs * frame_len * 8 * tsc_khz / cycles));
+    }
     for (int i = 1; i < nnics; i++)
         result(nics[i].dev.name, "echoed", "%llu", (unsigned long long)nics[i].echoed);
     if (!pongs)
@@ -265,13 +296,69 @@ int test_net(void)
     }
     result(NULL, "net.devices", "%d", nnics);
     if (!nnics) {
-        if (param_str("probe.tests", NULL))
+        if (param_str("probe.tests", NULL) || !strcmp(param_str("probe.net", "frames"), "dhcp"))
             return test_error("net: no virtio-net device");
         return 0;
     }
     const char *role = param_str("probe.net.role", "ping");
-    int rc = !strcmp(role, "echo") ? net_echo() : net_ping();
+    int rc;
+    if (!strcmp(param_str("probe.net", "frames"), "dhcp"))
+        rc = dhcp_run();
+    else
+        rc = !strcmp(role, "echo") ? net_echo() : net_ping();
     for (int i = 0; i < nnics; i++)
         virtio_reset(&nics[i].dev);
     return rc;
+}
+
+/* probe.tests=dhcp: only the first NIC, only DHCP. */
+int test_dhcp(void)
+{
+    nnics = 0;
+    int rc = nic_setup(&nics[0], 0);
+    if (rc == 1)
+        return test_error("dhcp: no virtio-net device");
+    if (rc < 0)
+        return -1;
+    nnics = 1;
+    rc = dhcp_run();
+    virtio_reset(&nics[0].dev);
+    return rc;
+}
+
+/* ---- raw frames on the first NIC, for dhcp.c ------------------------------------------------ */
+
+int net_raw_send(const void *frame, u32 len)
+{
+    struct nic *n = &nics[0];
+    if (!nnics || tx_raw(n, frame, len, len < 60 ? 60 : len) < 0)
+        return -1;
+    vq_kick(&n->tx);
+    return 0;
+}
+
+/* Copy the next received frame (without the virtio header) into buf; 0 when none is waiting.
+ * Frames longer than `cap` or shorter than an Ethernet header are dropped here. */
+u32 net_raw_recv(void *buf, u32 cap, const u8 **mac)
+{
+    struct nic *n = &nics[0];
+    u64 token;
+    u32 len, got = 0;
+    if (mac)
+        *mac = n->mac;
+    if (!nnics)
+        return 0;
+    tx_reclaim(n);
+    while (!got && vq_get(&n->rx, &token, &len)) {
+        n->rx_frames++;
+        if (token < n->rx.size && len >= NET_HDR_LEN + 14 && len <= RX_BUF_LEN &&
+            len - NET_HDR_LEN <= cap) {
+            got = len - NET_HDR_LEN;
+            memcpy(buf, n->rx_bufs + token * RX_BUF_LEN + NET_HDR_LEN, got);
+        }
+        if (token < n->rx.size)
+            rx_post(n, (u32)token);
+        vq_kick(&n->rx);
+    }
+    return got;
 }

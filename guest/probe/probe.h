@@ -321,6 +321,10 @@ int test_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2))); /* records the first failure, returns -1 */
 int test_blk(void);
 int test_net(void);
+int test_dhcp(void);
+int dhcp_run(void); /* DHCP on the first NIC, already set up by net.c */
+int net_raw_send(const void *frame, u32 len);
+u32 net_raw_recv(void *buf, u32 cap, const u8 **mac);
 int test_rng(void);
 int test_balloon(void);
 int test_irq(void);

@@ -1,0 +1,151 @@
+#!/bin/bash
+# tests/integration/net-dhcp.sh — a probe guest on a vessel NAT network takes a DHCP lease from
+# the network's dnsmasq: `probe.net=dhcp` runs the probe's own DHCP client (DISCOVER, OFFER,
+# REQUEST, ACK in raw frames on its virtio-net NIC) through vessel-vmm and a tap that `vessel net
+# attach` made; the guest prints the address, router and lease time, the address lies in the
+# range, and `vessel net leases` lists the guest's MAC with it. Everything happens inside a
+# private network namespace (a "host") created and removed here.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+source "$ROOT/tests/integration/lib.sh"
+require_vessel
+# has ARGS… — grep that reads all its input (grep -q can SIGPIPE the writer under pipefail)
+has() { grep "$@" >/dev/null; }
+VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
+PROBE=${PROBE:-$ROOT/build/guest/probe.elf}
+NS=vdhcp-$$
+STATE=$T/state
+MAC=52:56:65:00:50:21
+
+for need in ip nft; do
+    command -v "$need" >/dev/null || { skip "$need is not installed"; finish; }
+done
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || { skip "dnsmasq is not installed"; finish; }
+[ -r /dev/kvm ] || { skip "no /dev/kvm here"; finish; }
+[ -x "$VMM" ] || { skip "vessel-vmm $VMM not built"; finish; }
+[ -f "$PROBE" ] || { skip "probe guest $PROBE not built (make guest)"; finish; }
+
+cleanup_ns() {
+    ip netns pids "$NS" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    sleep 0.2
+    ip netns del "$NS" 2>/dev/null || true
+    it_cleanup
+}
+trap cleanup_ns EXIT
+ip netns add "$NS" || { skip "cannot create a network namespace"; finish; }
+ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+
+# nv ARGS… — `vessel net --state STATE ARGS…` inside the netns (VS_RC/VS_OUT/VS_ERR like vs).
+nv() {
+    local rc=0
+    timeout -k 5 "$TIMEOUT" ip netns exec "$NS" "$VESSEL" net --state "$STATE" "$@" \
+        >"$VS_OUT" 2>"$VS_ERR" || rc=$?
+    VS_RC=$rc
+    echo "# \$ vessel net $* -> $rc"
+    [ -s "$VS_ERR" ] && diag 4 <"$VS_ERR"
+    if grep -qE "$SANITIZER_RE" "$VS_ERR"; then
+        not_ok "sanitizer report from: vessel net $*"
+        diag 60 <"$VS_ERR"
+    fi
+    return 0
+}
+nv_ok() { # DESC ARGS…
+    local desc=$1
+    shift
+    nv "$@"
+    if [ "$VS_RC" -eq 0 ]; then ok "$desc"; else not_ok "$desc (exit $VS_RC)"; fi
+}
+result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
+# in_range A — is A inside 10.78.0.100-10.78.0.150?
+in_range() {
+    case $1 in 10.78.0.1[0-4][0-9] | 10.78.0.150) return 0 ;; *) return 1 ;; esac
+}
+
+nv_ok "define nat network dh (10.78.0.0/24, DHCP .100-.150, lease 900 s)" define dh --kind nat \
+    --subnet 10.78.0.0/24 --dhcp-range 10.78.0.100-10.78.0.150 --lease-time 900
+nv_ok "start dh" start dh
+nv_ok "attach tap dg1 with MAC $MAC" attach dh --tap dg1 --mac "$MAC"
+
+# the guest: DHCP only, run mode (prints the lease, PROBE ok, powers off)
+rc=0
+timeout -k 5 90 ip netns exec "$NS" "$VMM" --kernel "$PROBE" --net "tap=dg1,mac=$MAC" \
+    --console "file:$T/guest.log" --cmdline "probe.tests=net probe.net=dhcp" \
+    2>"$T/guest.err" || rc=$?
+addr=$(result "$T/guest.log" dhcp.address)
+router=$(result "$T/guest.log" dhcp.router)
+lease=$(result "$T/guest.log" dhcp.lease)
+if [ "$rc" -eq 0 ] && grep -aq '^PROBE ok' "$T/guest.log" && in_range "$addr"; then
+    ok "the probe guest got $addr from dnsmasq (inside the range) in $(result "$T/guest.log" dhcp.us) us"
+else
+    not_ok "DHCP lease in the guest (vmm exit $rc, address '$addr')"
+    grep -a 'PROBE \(fail\|info error\|result dhcp\)' "$T/guest.log" | diag 8
+    diag 8 <"$T/guest.err"
+fi
+if [ "$router" = 10.78.0.1 ] && [ "$lease" = 900 ]; then
+    ok "the lease names router 10.78.0.1 and lasts 900 s"
+else
+    not_ok "router/lease in the ACK (router '$router', lease '$lease')"
+fi
+if [ "$(result "$T/guest.log" net.mac)" = "$MAC" ]; then
+    ok "the guest's NIC has MAC $MAC"
+else
+    not_ok "guest MAC (got '$(result "$T/guest.log" net.mac)')"
+fi
+
+sleep 0.3
+nv leases dh
+if [ "$VS_RC" -eq 0 ] && [ -n "$addr" ] && has "^$MAC *$addr " "$VS_OUT"; then
+    ok "vessel net leases dh lists $MAC -> $addr"
+else
+    not_ok "vessel net leases lists the guest (exit $VS_RC)"
+    diag 5 <"$VS_OUT"
+fi
+
+# the same guest again (probe.tests=dhcp spelling): dnsmasq hands the same MAC the same address
+rc=0
+timeout -k 5 90 ip netns exec "$NS" "$VMM" --kernel "$PROBE" --net "tap=dg1,mac=$MAC" \
+    --console "file:$T/guest2.log" --cmdline "probe.tests=dhcp" 2>"$T/guest2.err" || rc=$?
+addr2=$(result "$T/guest2.log" dhcp.address)
+if [ "$rc" -eq 0 ] && grep -aq '^PROBE ok' "$T/guest2.log" && [ "$addr2" = "$addr" ]; then
+    ok "probe.tests=dhcp on a second boot gets the same address $addr2"
+else
+    not_ok "second lease (vmm exit $rc, address '$addr2', first '$addr')"
+    grep -a 'PROBE \(fail\|info error\)' "$T/guest2.log" | diag 4
+fi
+
+# idle mode with probe.net=dhcp: lease first, then stays up (poweroff on the console ends it)
+rc=0
+(sleep 8; echo poweroff) | timeout -k 5 60 ip netns exec "$NS" "$VMM" --kernel "$PROBE" \
+    --net "tap=dg1,mac=$MAC" --console stdio --cmdline "probe.mode=idle probe.net=dhcp" \
+    >"$T/guest3.log" 2>"$T/guest3.err" || rc=$?
+if grep -aq "^PROBE result dhcp.address=$addr\$" "$T/guest3.log" && grep -aq '^PROBE idle' "$T/guest3.log"; then
+    ok "idle mode with probe.net=dhcp takes the lease ($addr) and then idles"
+else
+    not_ok "idle mode with probe.net=dhcp (vmm exit $rc)"
+    grep -a '^PROBE' "$T/guest3.log" | tail -n 6 | diag 6
+fi
+
+# no DHCP server: the client gives up after its timeout with a clear failure
+nv_ok "define internal network quiet (no DHCP server)" define quiet --kind internal
+nv_ok "start quiet" start quiet
+nv_ok "attach tap dg2 to quiet" attach quiet --tap dg2 --mac 52:56:65:00:50:22
+rc=0
+timeout -k 5 60 ip netns exec "$NS" "$VMM" --kernel "$PROBE" --net "tap=dg2,mac=52:56:65:00:50:22" \
+    --console "file:$T/guest4.log" --cmdline "probe.tests=dhcp probe.dhcp.timeout_ms=2500 probe.dhcp.retry_ms=300" \
+    2>"$T/guest4.err" || rc=$?
+if grep -aq '^PROBE fail dhcp: no offer within 2500 ms' "$T/guest4.log"; then
+    ok "without a server the guest reports: $(grep -a '^PROBE fail' "$T/guest4.log")"
+else
+    not_ok "DHCP timeout without a server (vmm exit $rc)"
+    grep -a '^PROBE' "$T/guest4.log" | tail -n 4 | diag 4
+fi
+
+nv_ok "stop dh" stop dh --force
+nv_ok "stop quiet" stop quiet --force
+for f in "$T"/*.err; do
+    if grep -qE "$SANITIZER_RE" "$f"; then
+        not_ok "sanitizer report in $(basename "$f")"
+        diag 30 <"$f"
+    fi
+done
+finish
