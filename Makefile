@@ -11,7 +11,7 @@ PREFIX   ?= /usr/local
 CC       ?= cc
 JOBS     ?= $(shell nproc)
 
-PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err sqlite3 libmnl
+PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err sqlite3 libmnl libarchive libcrypto openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # lib/vmm: decompressors for bzImage payloads (lz4, xz/lzma, bzip2; zstd and zlib are above).

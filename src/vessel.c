@@ -18,6 +18,9 @@ int cli_host_main(int argc, char **argv);
 int cli_vm_main(int argc, char **argv); /* src/cli-vm.c: argv[0] is the verb */
 int cli_net_main(int argc, char **argv);
 int cli_guest_main(int argc, char **argv);
+int cli_export_main(int argc, char **argv); /* src/cli-appliance.c */
+int cli_import_main(int argc, char **argv);
+int cli_p2v_main(int argc, char **argv);
 
 struct vessel_command {
     const char *name;
@@ -44,8 +47,12 @@ static const struct vessel_command vessel_commands[] = {
     {"clone", cli_vm_main, "copy a shut-off VM (new uuid and MACs)"},
     {"snapshot", cli_vm_main, "external qcow2 snapshots: create|list|revert|delete"},
     {"console", cli_vm_main, "attach to a VM's serial console"},
+    {"events", cli_vm_main, "follow vesseld's event stream (--json, --since ID)"},
     {"net", cli_net_main, "virtual networks: bridges, NAT with DHCP, VXLAN; taps for VMs"},
     {"guest", cli_guest_main, "files, partitions and boot entries of guest disks"},
+    {"export", cli_export_main, "a VM definition as an OVF/OVA appliance"},
+    {"import", cli_import_main, "an OVA, OVF or XenServer XVA appliance as a VM definition"},
+    {"p2v", cli_p2v_main, "a block device or file into a sparse image"},
 };
 
 static void vessel_usage(FILE *out)
