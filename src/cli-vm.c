@@ -471,11 +471,77 @@ static int verb_console(struct cli *c, const char *name)
     return 0;
 }
 
+static int print_event(void *arg, const char *line)
+{
+    struct cli *c = arg;
+    if (c->json) {
+        printf("%s\n", line);
+    } else {
+        json_object *o = json_tokener_parse(line);
+        if (!o)
+            return 0;
+        time_t t = (time_t)jint(o, "time");
+        struct tm tm;
+        char when[32];
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
+        const char *detail = jstr(o, "detail");
+        printf("%s  %-16s %-14s%s%s\n", when, jstr(o, "vm")[0] ? jstr(o, "vm") : "(host)",
+               jstr(o, "event"), detail[0] ? " " : "", detail);
+        json_object_put(o);
+    }
+    fflush(stdout);
+    return 0;
+}
+
+/* Follow GET /v1/events until the daemon closes the stream or we are interrupted. */
+static int verb_events(struct cli *c, const char *since)
+{
+    char *path = vs_asprintf("/v1/events%s%s", since ? "?since=" : "", since ? since : "");
+    int status = 0;
+    char *error_body = NULL;
+    int err = mgmt_client_stream(c->socket, path, &status, &error_body, print_event, c);
+    free(path);
+    if (err)
+        return fail(vs_error_message());
+    if (error_body) {
+        json_object *o = json_tokener_parse(error_body);
+        json_object *e;
+        if (o && json_object_object_get_ex(o, "error", &e))
+            fprintf(stderr, "vessel: %s\n", json_object_get_string(e));
+        else
+            fprintf(stderr, "vessel: HTTP %d %s\n", status, mgmt_http_reason(status));
+        json_object_put(o);
+        free(error_body);
+        return 1;
+    }
+    return 0;
+}
+
+/* --token-file: the first line of FILE. */
+static int read_token_file(const char *path, char *out, size_t len)
+{
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        fprintf(stderr, "vessel: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    bool ok = fgets(out, (int)len, f) != NULL;
+    fclose(f);
+    out[ok ? strcspn(out, "\r\n") : 0] = 0;
+    if (!out[0]) {
+        fprintf(stderr, "vessel: %s: no token on the first line\n", path);
+        return -1;
+    }
+    return 0;
+}
+
 static void usage(FILE *out, const char *verb)
 {
     fprintf(out,
-            "usage: vessel [--connect unix:PATH] [--json] VERB …   (daemon socket: --connect, "
-            "$VESSEL_SOCKET, or %s/%s)\n"
+            "usage: vessel [--connect unix:PATH|tls:HOST:PORT] [--json] VERB …   (daemon: "
+            "--connect, $VESSEL_SOCKET, or %s/%s)\n"
+            "  over tls: --token-file FILE (else $VESSEL_TOKEN), --cacert FILE (else "
+            "$VESSEL_CACERT or the system's CAs)\n"
             "  define FILE                     add or replace a VM definition\n"
             "  undefine NAME                   remove a shut-off VM's definition\n"
             "  list [--all]                    running VMs (all with --all)\n"
@@ -488,7 +554,8 @@ static void usage(FILE *out, const char *verb)
             "  autostart NAME on|off\n"
             "  clone NAME NEW [--copy]         new uuid and MACs; qcow2 overlays or full copies\n"
             "  snapshot create|list|revert|delete NAME [SNAP]   external qcow2 overlays\n"
-            "  console NAME                    serial console (Ctrl-] leaves)\n",
+            "  console NAME                    serial console (Ctrl-] leaves)\n"
+            "  events [--since ID]             follow state changes (one line each)\n",
             MGMT_DEFAULT_STATE_DIR, MGMT_SOCKET_NAME);
     (void)verb;
 }
@@ -496,19 +563,17 @@ static void usage(FILE *out, const char *verb)
 int cli_vm_main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"json", no_argument, NULL, 'j'},
-        {"connect", required_argument, NULL, 'c'},
-        {"all", no_argument, NULL, 'a'},
-        {"paused", no_argument, NULL, 'p'},
-        {"timeout", required_argument, NULL, 't'},
-        {"format", required_argument, NULL, 'f'},
-        {"copy", no_argument, NULL, 'C'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"json", no_argument, NULL, 'j'},          {"connect", required_argument, NULL, 'c'},
+        {"all", no_argument, NULL, 'a'},           {"paused", no_argument, NULL, 'p'},
+        {"timeout", required_argument, NULL, 't'}, {"format", required_argument, NULL, 'f'},
+        {"copy", no_argument, NULL, 'C'},          {"token-file", required_argument, NULL, 'T'},
+        {"cacert", required_argument, NULL, 'A'},  {"since", required_argument, NULL, 'S'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *verb = argv[0];
     struct cli c = {0};
-    const char *connect = NULL, *format = "vessel";
+    const char *connect = NULL, *format = "vessel", *token_file = NULL, *cacert = NULL,
+               *since = NULL;
     bool all = false, paused = false, copy = false;
     long timeout = -1;
     int opt;
@@ -540,6 +605,15 @@ int cli_vm_main(int argc, char **argv)
         case 'f':
             format = optarg;
             break;
+        case 'T':
+            token_file = optarg;
+            break;
+        case 'A':
+            cacert = optarg;
+            break;
+        case 'S':
+            since = optarg;
+            break;
         case 'h':
             usage(stdout, verb);
             return 0;
@@ -549,6 +623,16 @@ int cli_vm_main(int argc, char **argv)
         }
     }
     c.socket = mgmt_client_socket_path(connect);
+    if (token_file || cacert) {
+        char token[512];
+        if (token_file && read_token_file(token_file, token, sizeof(token)))
+            return 1;
+        int err = mgmt_client_set_tls(cacert, token_file ? token : NULL);
+        if (token_file)
+            explicit_bzero(token, sizeof(token));
+        if (err)
+            return fail(vs_error_message());
+    }
     /* GNU getopt permutes: options may follow the operands (`vessel start web1 --paused`) */
     char **ops = argv + optind;
     int nops = argc - optind;
@@ -560,6 +644,7 @@ int cli_vm_main(int argc, char **argv)
         {"start", 1, 1},  {"shutdown", 1, 1}, {"destroy", 1, 1},  {"reboot", 1, 1},
         {"pause", 1, 1},  {"resume", 1, 1},   {"dumpdef", 1, 1},  {"autostart", 2, 2},
         {"stats", 1, 1},  {"clone", 2, 2},    {"snapshot", 2, 3}, {"console", 1, 1},
+        {"events", 0, 0},
     };
     for (size_t i = 0; i < VS_ARRAY_SIZE(arity); i++) {
         if (strcmp(verb, arity[i].name))
@@ -620,6 +705,8 @@ int cli_vm_main(int argc, char **argv)
             return verb_snapshot(&c, ops[0], ops[1], nops > 2 ? ops[2] : NULL);
         if (!strcmp(verb, "console"))
             return verb_console(&c, ops[0]);
+        if (!strcmp(verb, "events"))
+            return verb_events(&c, since);
     }
     fprintf(stderr, "vessel: unknown VM verb '%s'\n", verb);
     return 1;

@@ -1,5 +1,5 @@
 /*
- * src/vesseld.c — the vessel daemon: `vesseld [--state DIR] [--vmm PATH]`.
+ * src/vesseld.c — the vessel daemon: `vesseld [--state DIR] [--vmm PATH] [--listen tcp:H:P …]`.
  *
  * Parses its few flags, finds vessel-vmm (--vmm, $VESSEL_VMM, or next to this binary) and hands
  * over to mgmt_daemon_run (lib/mgmt), which serves the API on DIR/vesseld.sock until SIGTERM.
@@ -18,11 +18,17 @@
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: vesseld [--state DIR] [--vmm PATH] [--max-clients N]\n"
-            "  --state DIR      state directory (default %s): vessel.db, vesseld.sock, run/\n"
-            "  --vmm PATH       the vessel-vmm program (default $VESSEL_VMM, else next to "
+            "usage: vesseld [--state DIR] [--vmm PATH] [--max-clients N] [--hook-timeout S]\n"
+            "               [--listen tcp:HOST:PORT --tls-cert FILE --tls-key FILE "
+            "--token-file FILE]\n"
+            "  --state DIR       state directory (default %s): vessel.db, vesseld.sock, run/,\n"
+            "                    hooks/ (executables run on events), log/hooks.log\n"
+            "  --vmm PATH        the vessel-vmm program (default $VESSEL_VMM, else next to "
             "vesseld)\n"
-            "  --max-clients N  concurrent API connections (default 64)\n",
+            "  --max-clients N   concurrent API connections (default 64)\n"
+            "  --hook-timeout S  kill a hook after S seconds (default 10)\n"
+            "  --listen tcp:HOST:PORT   also serve the API over TCP: TLS with --tls-cert and\n"
+            "                    --tls-key, every request with the bearer token of --token-file\n",
             MGMT_DEFAULT_STATE_DIR);
 }
 
@@ -32,6 +38,11 @@ int main(int argc, char **argv)
         {"state", required_argument, NULL, 's'},
         {"vmm", required_argument, NULL, 'm'},
         {"max-clients", required_argument, NULL, 'c'},
+        {"listen", required_argument, NULL, 'l'},
+        {"tls-cert", required_argument, NULL, 'C'},
+        {"tls-key", required_argument, NULL, 'K'},
+        {"token-file", required_argument, NULL, 'T'},
+        {"hook-timeout", required_argument, NULL, 'H'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -49,6 +60,28 @@ int main(int argc, char **argv)
         case 'c':
             config.max_clients = (unsigned)strtoul(optarg, NULL, 10);
             break;
+        case 'l':
+            config.listen = optarg;
+            break;
+        case 'C':
+            config.tls_cert = optarg;
+            break;
+        case 'K':
+            config.tls_key = optarg;
+            break;
+        case 'T':
+            config.token_file = optarg;
+            break;
+        case 'H': {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+            if (*end || v == 0 || v > 3600) {
+                fprintf(stderr, "vesseld: --hook-timeout: seconds, 1-3600\n");
+                return 1;
+            }
+            config.hook_timeout = (unsigned)v;
+            break;
+        }
         case 'h':
             usage(stdout);
             return 0;

@@ -1,6 +1,7 @@
 /*
  * vessel/mgmt.h — the management side: the daemon's store (SQLite), its HTTP/1.1 + JSON API on a
- * unix socket, the supervisor of vessel-vmm processes, and the client the CLI uses.
+ * unix socket (and, optionally, TCP with TLS and a bearer token), its event stream and hooks, the
+ * supervisor of vessel-vmm processes, and the client the CLI uses.
  *
  * The idea: the daemon owns no VM. Definitions and states live in SQLite (WAL, one transaction per
  * change), each running VM is a vessel-vmm in its own session whose only tie to the daemon is a
@@ -64,9 +65,31 @@ int mgmt_store_list(struct mgmt_store *store, struct mgmt_vm_record **out, size_
 int mgmt_store_set_state(struct mgmt_store *store, const char *name, const char *state, int64_t pid,
                          int64_t keeper_pid, int64_t last_exit, const char *error, bool count_boot);
 int mgmt_store_set_autostart(struct mgmt_store *store, const char *name, bool on);
+/* As mgmt_store_set_state, but the event row is named event (NULL: the state's name). */
+int mgmt_store_transition(struct mgmt_store *store, const char *name, const char *state,
+                          const char *event, int64_t pid, int64_t keeper_pid, int64_t last_exit,
+                          const char *error, bool count_boot);
 /* Append an event (started, stopped, crashed, rebooted, …). */
 int mgmt_store_event(struct mgmt_store *store, const char *name, const char *event,
                      const char *detail);
+
+/* One row of the events table. */
+struct mgmt_event {
+    int64_t id;
+    int64_t time; /* unix seconds */
+    char vm[65];
+    char event[32];
+    char detail[512]; /* truncated */
+};
+
+/* Called after every committed event row, outside the store's lock, from the committing thread. */
+typedef void (*mgmt_event_notify_fn)(void *arg, const struct mgmt_event *event);
+void mgmt_store_set_notify(struct mgmt_store *store, mgmt_event_notify_fn fn, void *arg);
+/* Events with id > after, oldest first, at most max; *out is malloc'd (free it). */
+int mgmt_store_events_since(struct mgmt_store *store, int64_t after, size_t max,
+                            struct mgmt_event **out, size_t *count);
+/* The id of the newest event (0 when none). */
+int64_t mgmt_store_last_event_id(struct mgmt_store *store);
 /* Snapshots: names of external overlays, per VM, in creation order. */
 int mgmt_store_snapshot_add(struct mgmt_store *store, const char *vm, const char *snap,
                             const char *definition);
@@ -91,7 +114,8 @@ struct mgmt_http_request {
     size_t content_length;
     bool has_body;
     char content_type[64];
-    size_t head_len; /* bytes of request line + headers + blank line */
+    char authorization[256]; /* the Authorization header's value, "" when absent */
+    size_t head_len;         /* bytes of request line + headers + blank line */
 };
 
 /*
@@ -108,12 +132,24 @@ bool mgmt_http_query_get(const char *query, const char *key, char *out, size_t o
 int mgmt_http_percent_decode(const char *in, size_t len, char *out, size_t out_len);
 const char *mgmt_http_reason(int status);
 
-/* Client side: one request over the unix socket at path, one response. *body is malloc'd. */
-int mgmt_client_request(const char *socket_path, const char *method, const char *path,
+/*
+ * Client side: one request to target, one response. target is a unix socket path ("unix:PATH" or
+ * a bare path) or "tls:HOST:PORT" (TLS, the server's certificate verified against the CA file set
+ * by mgmt_client_set_tls or the system's, the bearer token sent). *response is malloc'd.
+ */
+int mgmt_client_request(const char *target, const char *method, const char *path,
                         const char *content_type, const char *body, size_t body_len, int *status,
                         char **response, size_t *response_len);
-/* The socket a CLI uses: explicit "unix:PATH" (or a path), else $VESSEL_SOCKET, else the default.
- */
+/* A long-lived GET (the event stream): calls line_fn for every line of a 2xx body until the
+ * server closes or line_fn returns non-zero. A non-2xx status sets *status and returns 0 with the
+ * body in *error_body (malloc'd). */
+int mgmt_client_stream(const char *target, const char *path, int *status, char **error_body,
+                       int (*line_fn)(void *arg, const char *line), void *arg);
+/* TLS client settings: the CA file that signs the daemon's certificate (NULL: system store) and
+ * the bearer token (NULL: $VESSEL_TOKEN). Copied. */
+int mgmt_client_set_tls(const char *cacert, const char *token);
+/* The target a CLI uses: explicit --connect (unix:PATH, a path, or tls:HOST:PORT), else
+ * $VESSEL_SOCKET, else the default socket. */
 const char *mgmt_client_socket_path(const char *connect);
 
 /* ---- vessel-vmm control socket (lib/mgmt/vmmctl.c) ------------------------------------------- */
@@ -124,9 +160,14 @@ int mgmt_vmm_command(const char *api_socket, const char *cmd, int timeout_ms, ch
 /* ---- the daemon (lib/mgmt/daemon.c, supervisor.c, api.c) ------------------------------------- */
 
 struct mgmt_daemon_config {
-    const char *state_dir; /* DIR: vessel.db, vesseld.sock, run/, disks of clones */
-    const char *vmm_path;  /* the vessel-vmm program */
-    unsigned max_clients;  /* concurrent API connections (0 = 64) */
+    const char *state_dir;  /* DIR: vessel.db, vesseld.sock, run/, disks of clones */
+    const char *vmm_path;   /* the vessel-vmm program */
+    unsigned max_clients;   /* concurrent API connections (0 = 64) */
+    const char *listen;     /* optional "tcp:HOST:PORT": TLS + token only */
+    const char *tls_cert;   /* PEM certificate (chain) for the TCP listener */
+    const char *tls_key;    /* its PEM private key */
+    const char *token_file; /* the bearer token clients must send over TCP */
+    unsigned hook_timeout;  /* seconds before a hook is killed (0 = 10) */
 };
 
 /* Run the daemon until SIGTERM/SIGINT: open the store, re-attach running VMs, autostart, serve. */

@@ -377,20 +377,12 @@ static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, co
     }
 }
 
-static void send_all(int fd, const char *buf, size_t len)
+static void send_all(struct mgmt_conn *c, const char *buf, size_t len)
 {
-    while (len) {
-        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return;
-        buf += n;
-        len -= (size_t)n;
-    }
+    mgmt_conn_write(c, buf, len);
 }
 
-static void send_reply(int fd, struct api_reply *r)
+static void send_reply(struct mgmt_conn *fd, struct api_reply *r)
 {
     const char *body = "";
     const char *type = "application/json";
@@ -405,15 +397,16 @@ static void send_reply(int fd, struct api_reply *r)
     char head[256];
     int n = snprintf(head, sizeof(head),
                      "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-                     "Connection: close\r\n\r\n",
-                     r->status, mgmt_http_reason(r->status), type, blen + nl);
+                     "%sConnection: close\r\n\r\n",
+                     r->status, mgmt_http_reason(r->status), type, blen + nl,
+                     r->status == 401 ? "WWW-Authenticate: Bearer realm=\"vesseld\"\r\n" : "");
     send_all(fd, head, (size_t)n);
     send_all(fd, body, blen);
     if (nl)
         send_all(fd, "\n", 1);
 }
 
-static void send_error(int fd, int status, const char *msg)
+static void send_error(struct mgmt_conn *fd, int status, const char *msg)
 {
     struct api_reply r = {.status = status, .json = json_object_new_object()};
     json_object_object_add(r.json, "error", json_object_new_string(msg));
@@ -421,23 +414,108 @@ static void send_error(int fd, int status, const char *msg)
     json_object_put(r.json);
 }
 
-/* Read until cond or the deadline; returns bytes now in buf or -1 on timeout/EOF/error. */
-static ssize_t read_some(int fd, char *buf, size_t len, size_t cap, uint64_t deadline)
+/* Read more bytes before the deadline; returns bytes now in buf or -1 on timeout/EOF/error. */
+static ssize_t read_some(struct mgmt_conn *c, char *buf, size_t len, size_t cap, uint64_t deadline)
 {
     uint64_t now = vs_now_ns();
     if (now >= deadline)
         return -1;
-    struct pollfd pfd = {.fd = fd, .events = POLLIN};
-    int pr = poll(&pfd, 1, (int)((deadline - now) / 1000000) + 1);
-    if (pr <= 0)
-        return -1;
-    ssize_t n = read(fd, buf + len, cap - len);
+    ssize_t n = mgmt_conn_read(c, buf + len, cap - len, (int)((deadline - now) / 1000000) + 1);
     if (n <= 0)
         return -1;
     return (ssize_t)len + n;
 }
 
-void mgmt_api_serve_connection(struct mgmt_daemon *d, int fd)
+bool mgmt_token_matches(const char *authorization, const char *token)
+{
+    /* compare every byte of the longer of the two, so the time says nothing about the token */
+    static const char prefix[] = "Bearer ";
+    size_t alen = strlen(authorization), tlen = strlen(token);
+    size_t want = sizeof(prefix) - 1 + tlen;
+    size_t n = alen > want ? alen : want;
+    unsigned char diff = (unsigned char)(alen != want) | (unsigned char)(tlen == 0);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = i < alen ? (unsigned char)authorization[i] : 0;
+        unsigned char b = i < sizeof(prefix) - 1 ? (unsigned char)prefix[i]
+                          : i < want             ? (unsigned char)token[i - (sizeof(prefix) - 1)]
+                                                 : 0;
+        diff |= a ^ b;
+    }
+    return diff == 0;
+}
+
+static int write_event(struct mgmt_conn *c, const struct mgmt_event *ev)
+{
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "id", json_object_new_int64(ev->id));
+    json_object_object_add(o, "time", json_object_new_int64(ev->time));
+    json_object_object_add(o, "vm", json_object_new_string(ev->vm));
+    json_object_object_add(o, "event", json_object_new_string(ev->event));
+    json_object_object_add(o, "detail", json_object_new_string(ev->detail));
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
+    int err = mgmt_conn_write(c, text, strlen(text));
+    if (!err)
+        err = mgmt_conn_write(c, "\n", 1);
+    json_object_put(o);
+    return err;
+}
+
+/* GET /v1/events[?since=ID]: newline-delimited JSON, one object per event row, for as long as the
+ * client stays (the body ends when the connection closes). Without since, only new events. */
+static void api_events(struct mgmt_daemon *d, struct mgmt_conn *c, const char *query)
+{
+    char arg[32];
+    int64_t last = mgmt_store_last_event_id(d->store);
+    if (mgmt_http_query_get(query, "since", arg, sizeof(arg))) {
+        char *end;
+        long long v = strtoll(arg, &end, 10);
+        if (!arg[0] || *end || v < 0) {
+            send_error(c, 400, "since: an event id (a number >= 0)");
+            return;
+        }
+        last = v;
+    }
+    /* a client that stops reading is dropped after 10 s instead of holding this thread */
+    mgmt_socket_timeouts(c->fd, 10);
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                               "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
+    if (mgmt_conn_write(c, head, sizeof(head) - 1))
+        return;
+    while (!atomic_load(&d->stopping)) {
+        struct mgmt_event *evs;
+        size_t count;
+        if (mgmt_store_events_since(d->store, last, 256, &evs, &count))
+            return;
+        int err = 0;
+        for (size_t i = 0; i < count && !err; i++) {
+            err = write_event(c, &evs[i]);
+            last = evs[i].id;
+        }
+        free(evs);
+        if (err)
+            return;
+        if (count == 256)
+            continue;
+        /* wait for the next event (or 1 s, to notice a closed client or a stopping daemon) */
+        pthread_mutex_lock(&d->events_lock);
+        if (d->last_event <= last) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&d->events_changed, &d->events_lock, &ts);
+        }
+        pthread_mutex_unlock(&d->events_lock);
+        struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+        if (poll(&p, 1, 0) == 1) {
+            /* the client sends nothing after its request: anything readable is EOF or junk */
+            char sink[256];
+            if (mgmt_conn_read(c, sink, sizeof(sink), 0) <= 0 || (p.revents & POLLRDHUP))
+                return;
+        }
+    }
+}
+
+void mgmt_api_serve_connection(struct mgmt_daemon *d, struct mgmt_conn *fd)
 {
     char head[MGMT_HTTP_MAX_HEAD];
     size_t len = 0;
@@ -455,6 +533,19 @@ void mgmt_api_serve_connection(struct mgmt_daemon *d, int fd)
     }
     if (rc < 0) {
         send_error(fd, status, vs_error_message());
+        return;
+    }
+    if (fd->need_token && !mgmt_token_matches(req.authorization, d->token)) {
+        send_error(fd, 401,
+                   req.authorization[0] ? "invalid token"
+                                        : "authorization required (Bearer token)");
+        return;
+    }
+    if (!strcmp(req.method, "GET") && !strcmp(req.path, "/v1/events")) {
+        if (len > req.head_len)
+            send_error(fd, 400, "unexpected request body");
+        else
+            api_events(d, fd, req.query);
         return;
     }
     char *body = NULL;

@@ -19,7 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "vessel/mgmt.h"
+#include "mgmt/mgmt-internal.h"
 
 static int http_fail(int *http_status, int status, const char *msg)
 {
@@ -218,6 +218,11 @@ int mgmt_http_parse_head(const char *buf, size_t len, struct mgmt_http_request *
             req->has_body = n > 0;
         } else if (nlen == 17 && !strncasecmp(p, "Transfer-Encoding", 17)) {
             return http_fail(st, 501, "Transfer-Encoding not supported; send Content-Length");
+        } else if (nlen == 13 && !strncasecmp(p, "Authorization", 13)) {
+            if (vlen >= sizeof(req->authorization))
+                return http_fail(st, 431, "Authorization header too long");
+            memcpy(req->authorization, v, vlen);
+            req->authorization[vlen] = 0;
         } else if (nlen == 12 && !strncasecmp(p, "Content-Type", 12)) {
             if (vlen >= sizeof(req->content_type))
                 return http_fail(st, 400, "Content-Type too long");
@@ -247,6 +252,10 @@ const char *mgmt_http_reason(int status)
         return "No Content";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
     case 405:
@@ -280,6 +289,19 @@ const char *mgmt_http_reason(int status)
 
 /* ---- client ---------------------------------------------------------------------------------- */
 
+static char *client_cacert, *client_token;
+
+int mgmt_client_set_tls(const char *cacert, const char *token)
+{
+    free(client_cacert);
+    free(client_token);
+    client_cacert = cacert ? strdup(cacert) : NULL;
+    client_token = token ? strdup(token) : NULL;
+    if ((cacert && !client_cacert) || (token && !client_token))
+        return vs_error(-ENOMEM, "out of memory");
+    return 0;
+}
+
 const char *mgmt_client_socket_path(const char *connect)
 {
     static char def[512];
@@ -307,51 +329,82 @@ static int write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-int mgmt_client_request(const char *socket_path, const char *method, const char *path,
+/* Connect to target and send one request; the connection is left open for the response. */
+static int client_send(const char *target, const char *method, const char *path,
+                       const char *content_type, const char *body, size_t body_len,
+                       struct mgmt_conn *c)
+{
+    c->fd = -1;
+    c->ssl = NULL;
+    c->need_token = false;
+    char auth[300] = "";
+    if (!strncmp(target, "tls:", 4)) {
+        const char *token = client_token ? client_token : getenv("VESSEL_TOKEN");
+        if (!token || !*token)
+            return vs_error(-EACCES, "%s: a token is needed (VESSEL_TOKEN or --token-file)",
+                            target);
+        if (strlen(token) > 255 || strpbrk(token, "\r\n"))
+            return vs_error(-EINVAL, "the token is too long or spans lines");
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s\r\n", token);
+        int err = mgmt_tls_connect(target + 4,
+                                   client_cacert ? client_cacert : getenv("VESSEL_CACERT"), c);
+        if (err)
+            return err;
+    } else {
+        const char *socket_path = strncmp(target, "unix:", 5) ? target : target + 5;
+        struct sockaddr_un addr = {.sun_family = AF_UNIX};
+        if (strlen(socket_path) >= sizeof(addr.sun_path))
+            return vs_error(-ENAMETOOLONG, "%s: socket path too long", socket_path);
+        strcpy(addr.sun_path, socket_path);
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0)
+            return vs_error_errno(-errno, "socket");
+        if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+            int err = vs_error_errno(-errno,
+                                     "%s: cannot reach vesseld (is it running? --connect or "
+                                     "VESSEL_SOCKET name its socket)",
+                                     socket_path);
+            mgmt_conn_close(c);
+            return err;
+        }
+    }
+    char *head = vs_asprintf("%s %s HTTP/1.1\r\nHost: vesseld\r\nConnection: close\r\n%s"
+                             "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
+                             method, path, auth, content_type ? content_type : "application/json",
+                             body ? body_len : 0);
+    int err = head ? mgmt_conn_write(c, head, strlen(head)) : -ENOMEM;
+    free(head);
+    if (!err && body && body_len)
+        err = mgmt_conn_write(c, body, body_len);
+    if (err) {
+        mgmt_conn_close(c);
+        return vs_error_errno(err, "%s: send", target);
+    }
+    return 0;
+}
+
+int mgmt_client_request(const char *target, const char *method, const char *path,
                         const char *content_type, const char *body, size_t body_len, int *status,
                         char **response, size_t *response_len)
 {
     *response = NULL;
     *response_len = 0;
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(socket_path) >= sizeof(addr.sun_path))
-        return vs_error(-ENAMETOOLONG, "%s: socket path too long", socket_path);
-    strcpy(addr.sun_path, socket_path);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return vs_error_errno(-errno, "socket");
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-        int err = vs_error_errno(-errno,
-                                 "%s: cannot reach vesseld (is it running? --connect or "
-                                 "VESSEL_SOCKET name its socket)",
-                                 socket_path);
-        close(fd);
+    struct mgmt_conn c;
+    int err = client_send(target, method, path, content_type, body, body_len, &c);
+    if (err)
         return err;
-    }
-    char *head = vs_asprintf("%s %s HTTP/1.1\r\nHost: vesseld\r\nConnection: close\r\n"
-                             "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
-                             method, path, content_type ? content_type : "application/json",
-                             body ? body_len : 0);
-    int err = head ? write_all(fd, head, strlen(head)) : -ENOMEM;
-    free(head);
-    if (!err && body && body_len)
-        err = write_all(fd, body, body_len);
-    if (err) {
-        close(fd);
-        return vs_error_errno(err, "%s: send", socket_path);
-    }
     size_t cap = 4096, len = 0;
     char *buf = malloc(cap);
     for (;;) {
         if (!buf) {
-            close(fd);
+            mgmt_conn_close(&c);
             return vs_error(-ENOMEM, "out of memory");
         }
         if (len + 1 >= cap) {
             if (cap > (64u << 20)) {
                 free(buf);
-                close(fd);
-                return vs_error(-EFBIG, "%s: response too large", socket_path);
+                mgmt_conn_close(&c);
+                return vs_error(-EFBIG, "%s: response too large", target);
             }
             char *bigger = realloc(buf, cap * 2);
             if (!bigger)
@@ -360,25 +413,23 @@ int mgmt_client_request(const char *socket_path, const char *method, const char 
             cap *= 2;
             continue;
         }
-        ssize_t n = read(fd, buf + len, cap - len - 1);
-        if (n < 0 && errno == EINTR)
-            continue;
+        ssize_t n = mgmt_conn_read(&c, buf + len, cap - len - 1, -1);
         if (n < 0) {
-            err = vs_error_errno(-errno, "%s: receive", socket_path);
+            err = vs_error_errno((int)n, "%s: receive", target);
             free(buf);
-            close(fd);
+            mgmt_conn_close(&c);
             return err;
         }
         if (n == 0)
             break;
         len += (size_t)n;
     }
-    close(fd);
+    mgmt_conn_close(&c);
     buf[len] = 0;
     int code = 0;
     if (sscanf(buf, "HTTP/1.%*[01] %d", &code) != 1 || code < 100) {
         free(buf);
-        return vs_error(-EPROTO, "%s: not an HTTP response", socket_path);
+        return vs_error(-EPROTO, "%s: not an HTTP response", target);
     }
     char *body_start = strstr(buf, "\r\n\r\n");
     body_start = body_start ? body_start + 4 : buf + len;
@@ -389,6 +440,76 @@ int mgmt_client_request(const char *socket_path, const char *method, const char 
     *response = buf;
     *response_len = blen;
     return 0;
+}
+
+int mgmt_client_stream(const char *target, const char *path, int *status, char **error_body,
+                       int (*line_fn)(void *arg, const char *line), void *arg)
+{
+    *status = 0;
+    *error_body = NULL;
+    struct mgmt_conn c;
+    int err = client_send(target, "GET", path, NULL, NULL, 0, &c);
+    if (err)
+        return err;
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    bool in_body = false;
+    while (buf) {
+        if (len + 1 >= cap) {
+            err = vs_error(-EMSGSIZE, "%s: line too long in the stream", target);
+            break;
+        }
+        ssize_t n = mgmt_conn_read(&c, buf + len, cap - len - 1, -1);
+        if (n < 0) {
+            err = vs_error_errno((int)n, "%s: receive", target);
+            break;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        buf[len] = 0;
+        if (!in_body) {
+            char *end = strstr(buf, "\r\n\r\n");
+            if (!end)
+                continue;
+            if (sscanf(buf, "HTTP/1.%*[01] %d", status) != 1 || *status < 100) {
+                err = vs_error(-EPROTO, "%s: not an HTTP response", target);
+                break;
+            }
+            in_body = true;
+            size_t hl = (size_t)(end + 4 - buf);
+            memmove(buf, buf + hl, len - hl + 1);
+            len -= hl;
+            if (*status < 200 || *status > 299)
+                continue; /* collect the error body until EOF */
+        }
+        if (*status < 200 || *status > 299)
+            continue;
+        char *p = buf, *nl;
+        int stop = 0;
+        while (!stop && (nl = memchr(p, '\n', (size_t)(buf + len - p)))) {
+            *nl = 0;
+            if (nl > p)
+                stop = line_fn(arg, p);
+            p = nl + 1;
+        }
+        len = (size_t)(buf + len - p);
+        memmove(buf, p, len);
+        if (stop)
+            break;
+    }
+    mgmt_conn_close(&c);
+    if (!buf)
+        return vs_error(-ENOMEM, "out of memory");
+    if (!err && !in_body)
+        err = vs_error(-EPROTO, "%s: connection closed before a response", target);
+    if (!err && (*status < 200 || *status > 299)) {
+        buf[len] = 0;
+        *error_body = buf;
+        return 0;
+    }
+    free(buf);
+    return err;
 }
 
 /* ---- the VMM's control socket ---------------------------------------------------------------- */

@@ -14,6 +14,8 @@
 #include <stdatomic.h>
 #include <sys/types.h>
 
+#include <openssl/ssl.h>
+
 #include "vessel/defs.h"
 #include "vessel/mgmt.h"
 
@@ -30,6 +32,30 @@ struct mgmt_vm_runtime {
     struct mgmt_vm_runtime *next;
 };
 
+/* A byte stream to a peer: a socket, with TLS when ssl is set (tls.c). */
+struct mgmt_conn {
+    int fd;
+    SSL *ssl;
+    bool need_token; /* TCP: every request must carry the bearer token */
+};
+
+/* Read up to len bytes, waiting at most timeout_ms: bytes, 0 at EOF, or -errno (-ETIMEDOUT). */
+ssize_t mgmt_conn_read(struct mgmt_conn *c, void *buf, size_t len, int timeout_ms);
+int mgmt_conn_write(struct mgmt_conn *c, const void *buf, size_t len);
+void mgmt_conn_close(struct mgmt_conn *c); /* TLS close_notify, then close the socket */
+void mgmt_socket_timeouts(int fd, int seconds);
+int mgmt_split_host_port(const char *spec, char *host, size_t host_len, char *port,
+                         size_t port_len);
+/* Listening TCP socket on HOST:PORT (non-blocking, close-on-exec), or -errno. */
+int mgmt_tcp_listen(const char *spec);
+int mgmt_tls_server_context(const char *cert, const char *key, SSL_CTX **out);
+int mgmt_tls_accept(SSL_CTX *ctx, struct mgmt_conn *c);
+/* Connect to HOST:PORT and complete a verified TLS handshake. */
+int mgmt_tls_connect(const char *spec, const char *cacert, struct mgmt_conn *c);
+
+struct mgmt_hooks;      /* hooks.c */
+struct mgmt_disk_claim; /* disklock.c */
+
 struct mgmt_daemon {
     char state_dir[PATH_MAX];
     char run_dir[PATH_MAX];
@@ -43,6 +69,15 @@ struct mgmt_daemon {
     atomic_bool stopping;
     atomic_uint clients;
     unsigned max_clients;
+    SSL_CTX *tls;    /* the TCP listener's context; NULL without --listen */
+    char token[256]; /* the bearer token for TCP clients */
+    /* the event stream: the newest event id, broadcast on every committed event */
+    pthread_mutex_t events_lock;
+    pthread_cond_t events_changed;
+    int64_t last_event;
+    struct mgmt_hooks *hooks;
+    pthread_mutex_t claims_lock; /* guards claims */
+    struct mgmt_disk_claim *claims;
 };
 
 /* The runtime of NAME, created on first use (never freed before the daemon ends). */
@@ -70,8 +105,24 @@ void mgmt_monitor_wake(struct mgmt_daemon *d);
 /* DIR/run/NAME/FILE into buf. */
 int mgmt_run_path(struct mgmt_daemon *d, const char *name, const char *file, char *buf, size_t len);
 
-/* api.c: one connection, read → route → respond → close. */
-void mgmt_api_serve_connection(struct mgmt_daemon *d, int fd);
+/* api.c: one connection, read → route → respond (the caller closes). */
+void mgmt_api_serve_connection(struct mgmt_daemon *d, struct mgmt_conn *c);
+/* Constant-time check of an Authorization header value against "Bearer TOKEN". */
+bool mgmt_token_matches(const char *authorization, const char *token);
+
+/* disklock.c: claim the disks of def for vm (-EBUSY naming the holder on a conflict; force
+ * records the claims anyway, for VMs found running at re-attach); release when vm stops. */
+int mgmt_disks_claim(struct mgmt_daemon *d, const char *vm, const struct vm_def *def, bool force);
+int mgmt_disks_claim_definition(struct mgmt_daemon *d, const char *vm, bool force);
+void mgmt_disks_release(struct mgmt_daemon *d, const char *vm);
+void mgmt_disks_release_all(struct mgmt_daemon *d);
+
+/* hooks.c: executables in DIR/hooks/ run for each lifecycle event, one at a time, off the
+ * committing thread, killed after timeout_s; output to DIR/log/hooks.log. */
+int mgmt_hooks_start(const char *state_dir, unsigned timeout_s, struct mgmt_hooks **out);
+void mgmt_hooks_queue(struct mgmt_hooks *h, const char *vm, const char *event, const char *detail);
+void mgmt_hooks_stop(
+    struct mgmt_hooks *h); /* waits for the running hook (bounded by its timeout) */
 /* storage.c: clone and external snapshots. */
 int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy);
 int mgmt_vm_snapshot_create(struct mgmt_daemon *d, const char *name, const char *snap);

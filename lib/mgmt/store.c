@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -20,6 +21,10 @@
 struct mgmt_store {
     sqlite3 *db;
     pthread_mutex_t lock;
+    mgmt_event_notify_fn notify;
+    void *notify_arg;
+    bool has_pending; /* an event row written in the open transaction */
+    struct mgmt_event pending;
 };
 
 static const char *const schema_v1 =
@@ -80,6 +85,7 @@ static int store_exec(struct mgmt_store *s, const char *sql)
 static int store_begin(struct mgmt_store *s)
 {
     pthread_mutex_lock(&s->lock);
+    s->has_pending = false;
     int err = store_exec(s, "BEGIN IMMEDIATE");
     if (err)
         pthread_mutex_unlock(&s->lock);
@@ -93,7 +99,17 @@ static int store_end(struct mgmt_store *s, int err)
         err = store_exec(s, "COMMIT");
     if (err)
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    /* tell listeners of a committed event once the lock is released (they may read the store) */
+    bool tell = !err && s->has_pending && s->notify;
+    struct mgmt_event ev;
+    mgmt_event_notify_fn fn = s->notify;
+    void *arg = s->notify_arg;
+    if (tell)
+        ev = s->pending;
+    s->has_pending = false;
     pthread_mutex_unlock(&s->lock);
+    if (tell)
+        fn(arg, &ev);
     return err;
 }
 
@@ -190,7 +206,16 @@ static int store_event_locked(struct mgmt_store *s, const char *name, const char
     sqlite3_bind_text(st, 3, event, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 4, detail ? detail : "", -1, SQLITE_STATIC);
     err = store_step_done(s, st, "event");
-    return err < 0 ? err : 0;
+    if (err < 0)
+        return err;
+    struct mgmt_event *ev = &s->pending;
+    ev->id = sqlite3_last_insert_rowid(s->db);
+    ev->time = (int64_t)time(NULL);
+    snprintf(ev->vm, sizeof(ev->vm), "%s", name);
+    snprintf(ev->event, sizeof(ev->event), "%s", event);
+    snprintf(ev->detail, sizeof(ev->detail), "%s", detail ? detail : "");
+    s->has_pending = true;
+    return 0;
 }
 
 int mgmt_store_define(struct mgmt_store *s, const char *name, const char *uuid,
@@ -353,6 +378,14 @@ int mgmt_store_list(struct mgmt_store *s, struct mgmt_vm_record **out, size_t *c
 int mgmt_store_set_state(struct mgmt_store *s, const char *name, const char *state, int64_t pid,
                          int64_t keeper_pid, int64_t last_exit, const char *error, bool count_boot)
 {
+    return mgmt_store_transition(s, name, state, NULL, pid, keeper_pid, last_exit, error,
+                                 count_boot);
+}
+
+int mgmt_store_transition(struct mgmt_store *s, const char *name, const char *state,
+                          const char *event, int64_t pid, int64_t keeper_pid, int64_t last_exit,
+                          const char *error, bool count_boot)
+{
     int err = store_begin(s);
     if (err)
         return err;
@@ -383,7 +416,7 @@ int mgmt_store_set_state(struct mgmt_store *s, const char *name, const char *sta
             err = vs_error(-ENOENT, "no VM named '%s'", name);
     }
     if (err >= 0)
-        err = store_event_locked(s, name, state, error);
+        err = store_event_locked(s, name, event ? event : state, error);
     return store_end(s, err < 0 ? err : 0);
 }
 
@@ -521,4 +554,71 @@ int mgmt_store_check(struct mgmt_store *s)
     }
     pthread_mutex_unlock(&s->lock);
     return err;
+}
+
+void mgmt_store_set_notify(struct mgmt_store *s, mgmt_event_notify_fn fn, void *arg)
+{
+    pthread_mutex_lock(&s->lock);
+    s->notify = fn;
+    s->notify_arg = arg;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int mgmt_store_events_since(struct mgmt_store *s, int64_t after, size_t max,
+                            struct mgmt_event **out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    struct mgmt_event *list = max ? vs_calloc(max, sizeof(*list)) : NULL;
+    if (max && !list)
+        return -ENOMEM;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err = store_prepare(s,
+                            "SELECT id, time, vm, event, detail FROM events WHERE id > ?1"
+                            " ORDER BY id LIMIT ?2",
+                            &st);
+    size_t n = 0;
+    if (!err) {
+        sqlite3_bind_int64(st, 1, after);
+        sqlite3_bind_int64(st, 2, (int64_t)max);
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW && n < max) {
+            struct mgmt_event *ev = &list[n++];
+            ev->id = sqlite3_column_int64(st, 0);
+            ev->time = sqlite3_column_int64(st, 1);
+            const char *t;
+            snprintf(ev->vm, sizeof(ev->vm), "%s",
+                     (t = (const char *)sqlite3_column_text(st, 2)) ? t : "");
+            snprintf(ev->event, sizeof(ev->event), "%s",
+                     (t = (const char *)sqlite3_column_text(st, 3)) ? t : "");
+            snprintf(ev->detail, sizeof(ev->detail), "%s",
+                     (t = (const char *)sqlite3_column_text(st, 4)) ? t : "");
+        }
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            err = store_sql_error(s, rc, "events");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (err) {
+        free(list);
+        return err;
+    }
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+int64_t mgmt_store_last_event_id(struct mgmt_store *s)
+{
+    int64_t id = 0;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    if (store_prepare(s, "SELECT COALESCE(MAX(id), 0) FROM events", &st) == 0) {
+        if (sqlite3_step(st) == SQLITE_ROW)
+            id = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return id;
 }

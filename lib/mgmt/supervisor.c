@@ -99,8 +99,17 @@ static int pidfd_open_checked(pid_t pid)
 static int runtime_set(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *state,
                        int64_t last_exit, const char *error, bool count_boot)
 {
+    /* the event row (and hook) names the lifecycle step, not just the new state */
+    const char *event = state;
+    if (count_boot)
+        event = "started";
+    else if (!strcmp(state, "running") && !strcmp(rt->state, "paused"))
+        event = "resumed";
+    else if (!strcmp(state, "shutoff"))
+        event = "stopped";
     snprintf(rt->state, sizeof(rt->state), "%s", state);
     if (!mgmt_state_is_live(state)) {
+        mgmt_disks_release(d, rt->name);
         rt->pid = rt->keeper_pid = 0;
         if (rt->keeper_pidfd >= 0)
             close(rt->keeper_pidfd);
@@ -108,8 +117,8 @@ static int runtime_set(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const 
     }
     rt->transitions++;
     pthread_cond_broadcast(&rt->changed);
-    return mgmt_store_set_state(d->store, rt->name, state, rt->pid, rt->keeper_pid, last_exit,
-                                error, count_boot);
+    return mgmt_store_transition(d->store, rt->name, state, event, rt->pid, rt->keeper_pid,
+                                 last_exit, error, count_boot);
 }
 
 /* ---- spawning -------------------------------------------------------------------------------- */
@@ -476,6 +485,8 @@ int mgmt_vm_start(struct mgmt_daemon *d, const char *name, bool paused)
         err = vs_error(-EBUSY, "VM '%s' is already %s", name, rt->state);
         goto out;
     }
+    if ((err = mgmt_disks_claim_definition(d, name, false)))
+        goto out;
     if ((err = spawn_locked(d, rt))) {
         char msg[300];
         snprintf(msg, sizeof(msg), "%s", vs_error_message());
@@ -658,9 +669,9 @@ static enum vm_action policy_for(struct mgmt_daemon *d, const char *name, int co
     if (code == 0)
         *why = "poweroff";
     else if (code == 2)
-        *why = "reboot";
+        *why = "rebooted";
     else
-        *why = "crash";
+        *why = "crashed";
     if (mgmt_store_get(d->store, name, &rec) == 0) {
         if (vm_def_parse(rec.definition, strlen(rec.definition), name, &def) == 0) {
             action = code == 0 ? def->on_poweroff : code == 2 ? def->on_reboot : def->on_crash;
@@ -689,7 +700,9 @@ static void handle_exit_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt
         snprintf(msg, sizeof(msg), "vessel-vmm exited with code %d%s%s", code, tail[0] ? ": " : "",
                  tail);
     }
-    mgmt_store_event(d->store, rt->name, why, msg);
+    /* a preserved crash is reported once, by the state change to crashed below */
+    if (!(action == VM_ACTION_PRESERVE && code != 0 && code != 2))
+        mgmt_store_event(d->store, rt->name, why, msg);
     if (action == VM_ACTION_RESTART) {
         /* crash-loop guard: five policy restarts within 60 s stop the VM */
         uint64_t now = vs_now_ns();
@@ -799,6 +812,7 @@ static void reattach_one(struct mgmt_daemon *d, const struct mgmt_vm_record *rec
         rt->keeper_pid = keeper;
         rt->keeper_pidfd = pidfd;
         snprintf(rt->state, sizeof(rt->state), "%s", state);
+        mgmt_disks_claim_definition(d, rec->name, true);
         if (strcmp(rec->state, state) || rec->pid != vmm)
             mgmt_store_set_state(d->store, rec->name, state, vmm, keeper, -1, NULL, false);
         else

@@ -3,7 +3,9 @@
  * uuid clashes, state transitions with their generation bumps, undefine of a running VM,
  * snapshots, reopen after close = what a restarted daemon sees, concurrent writers from threads
  * losing no update) and the HTTP request parser against well-formed and hostile heads (bare LF,
- * obs-fold, chunked, duplicate or huge Content-Length, NUL bytes, oversized heads, traversal).
+ * obs-fold, chunked, duplicate or huge Content-Length, NUL bytes, oversized heads, traversal),
+ * the event rows the stream and the hooks read (ids, notify after commit, lifecycle names), the
+ * bearer-token comparison and the client's refusal to talk TLS without a token.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "harness.h"
+#include "mgmt/mgmt-internal.h"
 #include "vessel/mgmt.h"
 
 static struct mgmt_store *open_store(void)
@@ -264,4 +267,93 @@ TEST(http_client_without_daemon)
                               &body, &len) < 0);
     CHECK(strstr(vs_error_message(), "cannot reach vesseld") != NULL);
     CHECK(!strcmp(mgmt_client_socket_path("unix:/x/y.sock"), "/x/y.sock"));
+}
+
+struct seen_events {
+    int count;
+    int64_t last_id;
+    char last_event[32];
+};
+
+static void count_event(void *arg, const struct mgmt_event *ev)
+{
+    struct seen_events *seen = arg;
+    seen->count++;
+    seen->last_id = ev->id;
+    snprintf(seen->last_event, sizeof(seen->last_event), "%s", ev->event);
+}
+
+TEST(store_events_notify_and_since)
+{
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    struct seen_events seen = {0};
+    mgmt_store_set_notify(s, count_event, &seen);
+    int64_t before = mgmt_store_last_event_id(s);
+    CHECK_OK(mgmt_store_define(s, "ev", "55555555-5555-4555-8555-555555555555", "name = ev\n",
+                               false, false));
+    CHECK(seen.count == 1 && !strcmp(seen.last_event, "defined"));
+    CHECK_OK(mgmt_store_transition(s, "ev", "running", "started", 10, 9, -1, "", true));
+    CHECK(seen.count == 2 && !strcmp(seen.last_event, "started"));
+    CHECK_OK(mgmt_store_set_state(s, "ev", "shutoff", 0, 0, 0, "", false));
+    CHECK(seen.count == 3 && !strcmp(seen.last_event, "shutoff"));
+    /* a failed transaction tells nobody */
+    CHECK(mgmt_store_set_state(s, "ghost", "running", 1, 1, -1, NULL, true) == -ENOENT);
+    CHECK(seen.count == 3);
+    CHECK(mgmt_store_last_event_id(s) == seen.last_id);
+    struct mgmt_event *evs;
+    size_t n;
+    CHECK_OK(mgmt_store_events_since(s, before, 10, &evs, &n));
+    CHECK(n == 3 && evs[0].id < evs[1].id && evs[1].id < evs[2].id);
+    CHECK(n == 3 && !strcmp(evs[1].event, "started") && !strcmp(evs[1].vm, "ev"));
+    free(evs);
+    CHECK_OK(mgmt_store_events_since(s, before, 2, &evs, &n));
+    CHECK(n == 2);
+    free(evs);
+    CHECK_OK(mgmt_store_events_since(s, seen.last_id, 10, &evs, &n));
+    CHECK(n == 0);
+    free(evs);
+    mgmt_store_set_notify(s, NULL, NULL);
+    CHECK_OK(mgmt_store_event(s, "ev", "host-disk-low", "x"));
+    CHECK(seen.count == 3);
+    mgmt_store_close(s);
+}
+
+TEST(auth_token_compare_and_header)
+{
+    const char *token = "0123456789abcdef0123";
+    CHECK(mgmt_token_matches("Bearer 0123456789abcdef0123", token));
+    CHECK(!mgmt_token_matches("Bearer 0123456789abcdef012", token));
+    CHECK(!mgmt_token_matches("Bearer 0123456789abcdef01234", token));
+    CHECK(!mgmt_token_matches("bearer 0123456789abcdef0123", token));
+    CHECK(!mgmt_token_matches("", token));
+    CHECK(!mgmt_token_matches("Bearer ", ""));
+    CHECK(!mgmt_token_matches("Basic 0123456789abcdef0123", token));
+    struct mgmt_http_request req;
+    int status;
+    const char ok_head[] = "GET /v1/vms HTTP/1.1\r\nAuthorization: Bearer abc  \r\n\r\n";
+    CHECK(mgmt_http_parse_head(ok_head, strlen(ok_head), &req, &status) == 1);
+    CHECK(!strcmp(req.authorization, "Bearer abc"));
+    const char none[] = "GET /v1/vms HTTP/1.1\r\n\r\n";
+    CHECK(mgmt_http_parse_head(none, strlen(none), &req, &status) == 1 && !req.authorization[0]);
+    char big[600] = "GET / HTTP/1.1\r\nAuthorization: Bearer ";
+    size_t l = strlen(big);
+    memset(big + l, 'a', 400);
+    strcpy(big + l + 400, "\r\n\r\n");
+    CHECK(mgmt_http_parse_head(big, strlen(big), &req, &status) < 0 && status == 431);
+    /* the client never sends a request over TLS without a token */
+    CHECK_OK(mgmt_client_set_tls(NULL, NULL));
+    unsetenv("VESSEL_TOKEN");
+    size_t len;
+    char *body;
+    CHECK(mgmt_client_request("tls:127.0.0.1:1", "GET", "/v1/vms", NULL, NULL, 0, &status, &body,
+                              &len) == -EACCES);
+    CHECK(strstr(vs_error_message(), "token") != NULL);
+    CHECK_OK(mgmt_client_set_tls(NULL, "0123456789abcdef"));
+    CHECK(mgmt_client_request("tls:127.0.0.1:1", "GET", "/v1/vms", NULL, NULL, 0, &status, &body,
+                              &len) < 0);
+    CHECK(mgmt_client_request("tls:nonsense", "GET", "/v1/vms", NULL, NULL, 0, &status, &body,
+                              &len) == -EINVAL);
+    CHECK_OK(mgmt_client_set_tls(NULL, NULL));
 }
