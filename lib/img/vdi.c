@@ -397,17 +397,12 @@ static int vdi_write_block(struct img *img, const uint8_t *buf, uint64_t offset,
             free(full);
         }
     }
+    /* a partly written block still needs its full length in the file */
+    if (!rc && clean)
+        rc = vhd_cover_block_end(img->file, block, s->block_size, buf, in, len);
     pthread_mutex_lock(&img->lock);
-    if (!rc && s->file_end < block + s->block_size) {
-        /* a partly written last block still needs its full length in the file; another writer
-         * may have grown the file further already, so never cut it */
-        int64_t now = img_file_size(img->file);
-        rc = now < 0 ? (int)now : 0;
-        if (!rc && (uint64_t)now < block + s->block_size)
-            rc = img_file_truncate(img->file, block + s->block_size);
-        if (!rc)
-            s->file_end = VS_MAX((uint64_t)now, block + s->block_size);
-    }
+    if (!rc && s->file_end < block + s->block_size)
+        s->file_end = block + s->block_size;
     if (!rc) {
         bmap_set(s, i, idx);
         rc = vdi_write_bmap_sector(img, i);

@@ -317,3 +317,10 @@ void vhd_check_report(struct img_check *r, const char *fmt, ...)
     va_end(ap);
     r->report(r->report_ctx, line);
 }
+
+int vhd_cover_block_end(struct img *file, uint64_t block, uint64_t block_size, const uint8_t *buf,
+                        uint64_t in, size_t len)
+{
+    uint8_t last = (len && in + len == block_size) ? buf[len - 1] : 0;
+    return file->drv->pwrite(file, &last, block + block_size - 1, 1);
+}

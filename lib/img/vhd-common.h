@@ -63,6 +63,12 @@ int vhd_file_status(struct img *file, struct vhd_extent_cache *c, uint64_t host,
 /* Write BUF (LEN bytes) at AT of the protocol node FILE, leaving out all-zero 4 KiB pages: a
  * freshly reserved block's file space is still a hole, so converting sparse data keeps the file
  * sparse inside blocks too. */
+/* Make FILE reach the end of a newly allocated block [BLOCK, BLOCK+BLOCK_SIZE) without ever
+ * shrinking it: other writers may be filling blocks further out right now, and ftruncate would
+ * cut their data. Writes the block's own last byte with the value it must hold (from BUF when
+ * the write [IN, IN+LEN) reaches it, else zero). */
+int vhd_cover_block_end(struct img *file, uint64_t block, uint64_t block_size, const uint8_t *buf,
+                        uint64_t in, size_t len);
 int vhd_write_nonzero(struct img *file, const uint8_t *buf, uint64_t at, size_t len);
 
 /* One line of a check report, through the caller's report callback when it has one. */

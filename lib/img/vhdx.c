@@ -1117,14 +1117,10 @@ static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset
     pthread_mutex_unlock(&img->lock);
 
     rc = vhd_write_nonzero(img->file, buf, at + in, len);
+    if (!rc)
+        rc = vhd_cover_block_end(img->file, at, s->block_size, buf, in, len);
 
     pthread_mutex_lock(&img->lock);
-    if (!rc) {
-        int64_t now = img_file_size(img->file);
-        rc = now < 0 ? (int)now : 0;
-        if (!rc && (uint64_t)now < at + s->block_size)
-            rc = img_file_truncate(img->file, at + s->block_size);
-    }
     if (!rc) {
         bat_set(s, idx, BAT_MAKE(PAYLOAD_FULLY_PRESENT, at));
         rc = vhdx_write_bat_entry(img, idx);
