@@ -71,6 +71,13 @@ quiet qemu-img create -q -f qcow2 -o preallocation=metadata "$img" 64M
 # a long-running writer: bench -w keeps the image open read-write
 "$VESSEL" img bench -w -c 100000000 -d 1 -s 4k "$img" >"$T/bench.out" 2>&1 &
 bench_pid=$!
+# probe only once bench has the image open ("Sending …" comes after its open): a qemu-io probe
+# racing bench's open would hold qemu's locks at that instant and make bench's open fail
+for _ in $(seq 1 100); do
+    grep -q '^Sending' "$T/bench.out" 2>/dev/null && break
+    kill -0 "$bench_pid" 2>/dev/null || break
+    sleep 0.1
+done
 held=0
 for _ in $(seq 1 50); do
     # qemu's lock probe: once vessel holds the image, a read-write qemu-io open must fail
