@@ -237,6 +237,21 @@ static struct nlmsghdr *newlink_header(char *buf, uint16_t flags, int index)
     return nlh;
 }
 
+/* vessel's bridges and taps carry guests' traffic only: without this the host gives them IPv6
+ * link-local addresses and sends router solicitations and MLD reports into guest networks (an
+ * isolated network would see the host's frames). A kernel without IPv6 has no such file. */
+static int link_disable_ipv6(const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/proc/sys/net/ipv6/conf/%s/disable_ipv6", name);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT ? 0 : vs_error_errno(-errno, "%s: cannot open %s", name, path);
+    int rc = write(fd, "1", 1) == 1 ? 0 : vs_error_errno(-errno, "%s: cannot write %s", name, path);
+    close(fd);
+    return rc;
+}
+
 int vs_bridge_create(const char *name, unsigned mtu)
 {
     int rc = check_ifname(name);
@@ -255,7 +270,10 @@ int vs_bridge_create(const char *name, unsigned mtu)
     rc = nl_request(nlh, NULL, NULL);
     if (rc < 0)
         return vs_error_errno(rc, "bridge %s: cannot create", name);
-    return 0;
+    rc = link_disable_ipv6(name);
+    if (rc < 0)
+        vs_link_delete(name);
+    return rc;
 }
 
 int vs_link_delete(const char *name)
@@ -385,6 +403,13 @@ int vs_tap_create(const char *name, const struct vs_mac *host_mac, uid_t uid, gi
     }
     close(fd);
     fd = -1;
+    if ((rc = link_disable_ipv6(name)) < 0) {
+        int saved = rc;
+        char msg[256];
+        snprintf(msg, sizeof(msg), "%s", vs_error_message());
+        vs_link_delete(name);
+        return vs_error(saved, "%s", msg);
+    }
     if (host_mac) {
         rc = vs_link_set_mac(name, host_mac);
         if (rc < 0) {
