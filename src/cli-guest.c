@@ -26,21 +26,22 @@ int cli_guest_main(int argc, char **argv);
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: vessel guest COMMAND ...\n"
-            "  parts IMAGE [--json]                 list partitions\n"
-            "  ls IMAGE[:PART] PATH [-l]            list a directory\n"
-            "  cat IMAGE[:PART] PATH                print a file\n"
-            "  get IMAGE[:PART] PATH HOSTFILE       copy a file out (HOSTFILE - = stdout)\n"
-            "  put IMAGE[:PART] PATH HOSTFILE       copy a host file in (- = stdin)\n"
-            "  edit IMAGE[:PART] PATH               edit a file with $EDITOR\n"
-            "  mkdir IMAGE[:PART] PATH              make a directory\n"
-            "  rm IMAGE[:PART] PATH                 remove a file or empty directory\n"
-            "  bootinfo IMAGE [--entry NAME] [--json]  the kernel, initrd and command line a\n"
-            "                                       boot loader would use\n"
-            "  inspect IMAGE [--json]               operating system, kernels, boot config\n"
-            "PART is a partition number from `parts` (0 = a disk without a table); without it the\n"
-            "only ext filesystem on the disk is used. Options: --format FMT (default: probe).\n");
+    fprintf(
+        out,
+        "usage: vessel guest COMMAND ...\n"
+        "  parts IMAGE [--json]                 list partitions\n"
+        "  ls IMAGE[:PART] PATH [-l]            list a directory\n"
+        "  cat IMAGE[:PART] PATH                print a file\n"
+        "  get IMAGE[:PART] PATH HOSTFILE       copy a file out (HOSTFILE - = stdout)\n"
+        "  put IMAGE[:PART] PATH HOSTFILE       copy a host file in (- = stdin)\n"
+        "  edit IMAGE[:PART] PATH               edit a file with $EDITOR\n"
+        "  mkdir IMAGE[:PART] PATH              make a directory\n"
+        "  rm IMAGE[:PART] PATH                 remove a file or empty directory\n"
+        "  bootinfo IMAGE [--entry NAME] [--json]  the kernel, initrd and command line a\n"
+        "                                       boot loader would use\n"
+        "  inspect IMAGE [--json]               operating system, kernels, boot config\n"
+        "PART is a partition number from `parts` (0 = a disk without a table); without it the\n"
+        "only ext/FAT filesystem on the disk is used. Options: --format FMT (default: probe).\n");
 }
 
 static const char *g_format;
@@ -92,19 +93,24 @@ static int target_open(const char *spec, bool write, struct target *t)
         if (!p)
             return vs_error(-ENOENT, "%s: no partition %ld", img_filename(t->img), part);
     } else {
-        for (size_t i = 0; i < t->table.count; i++) {
-            const struct guestfs_part *c = &t->table.parts[i];
-            if (!guestfs_fs_probe(t->img, c->start, c->size, NULL, 0, NULL, 0))
-                continue;
-            if (p)
-                return vs_error(-EINVAL,
-                                "%s: several partitions hold filesystems; say which "
-                                "as IMAGE:N (see `vessel guest parts`)",
-                                img_filename(t->img));
-            p = c;
+        /* ext first, then FAT: a Linux disk's root wins over its EFI system partition */
+        for (int pass = 0; pass < 2 && !p; pass++) {
+            enum guestfs_fs_kind want = pass == 0 ? GUESTFS_FS_EXT : GUESTFS_FS_FAT;
+            for (size_t i = 0; i < t->table.count; i++) {
+                const struct guestfs_part *c = &t->table.parts[i];
+                if (guestfs_fs_kind(t->img, c->start, c->size) != want)
+                    continue;
+                if (p)
+                    return vs_error(-EINVAL,
+                                    "%s: several partitions hold filesystems; say which "
+                                    "as IMAGE:N (see `vessel guest parts`)",
+                                    img_filename(t->img));
+                p = c;
+            }
         }
         if (!p)
-            return vs_error(-ENOENT, "%s: no ext2/3/4 filesystem found", img_filename(t->img));
+            return vs_error(-ENOENT, "%s: no ext2/3/4 or FAT filesystem found",
+                            img_filename(t->img));
     }
     char *label = vs_asprintf("%s:%u", img_filename(t->img), p->number);
     if (!label)

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "vessel/guestfs.h"
 #include "vessel/util.h"
 #include "vessel/vmm.h"
 
@@ -35,7 +36,11 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: vessel-vmm --kernel FILE [options]\n"
+            "       vessel-vmm --boot disk --disk FILE [options]\n"
             "  --kernel FILE        bzImage or PVH ELF (vmlinux, the probe guest)\n"
+            "  --boot disk          take kernel, initrd and command line from the first disk's\n"
+            "                       boot config (grub.cfg, menu.lst, extlinux.conf)\n"
+            "  --boot-entry NAME    with --boot disk: this entry instead of the default\n"
             "  --initrd FILE        initial ramdisk\n"
             "  --cmdline STR        kernel command line\n"
             "  --cpus N             vCPUs (default 1)\n"
@@ -126,8 +131,12 @@ static int parse_net(const char *arg, struct vmm_net_config *net)
 /* The parsed configuration; freed at exit whichever way main returns. */
 static struct vmm_config cfg = {.cpus = 1, .memory = 256ULL << 20, .restart_on_reboot = true};
 
+/* --boot disk: the kernel and initrd copied out of the disk. */
+static struct guestfs_bootload bootload = {.kernel_fd = -1, .initrd_fd = -1};
+
 static void config_free(void)
 {
+    guestfs_bootload_free(&bootload);
     for (size_t i = 0; i < cfg.disk_count; i++) {
         free((char *)cfg.disks[i].path);
         free((char *)cfg.disks[i].format);
@@ -164,10 +173,13 @@ int main(int argc, char **argv)
         {"hugepages", no_argument, NULL, 'H'},     {"no-reboot", no_argument, NULL, 'R'},
         {"no-pvh", no_argument, NULL, 'P'},        {"verbose", no_argument, NULL, 'v'},
         {"rng", no_argument, NULL, 'r'},           {"balloon", no_argument, NULL, 'B'},
+        {"boot", required_argument, NULL, 'b'},    {"boot-entry", required_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     atexit(config_free);
     bool verbose = false;
+    bool boot_disk = false;
+    const char *boot_entry = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
         switch (opt) {
@@ -250,6 +262,16 @@ int main(int argc, char **argv)
         case 'P':
             cfg.no_pvh_fastpath = true;
             break;
+        case 'b':
+            if (strcmp(optarg, "disk") != 0 && strcmp(optarg, "kernel") != 0) {
+                fprintf(stderr, "vessel-vmm: --boot '%s': expected disk or kernel\n", optarg);
+                return EXIT_SETUP;
+            }
+            boot_disk = strcmp(optarg, "disk") == 0;
+            break;
+        case 'e':
+            boot_entry = optarg;
+            break;
         case 'v':
             verbose = true;
             break;
@@ -264,6 +286,36 @@ int main(int argc, char **argv)
     if (optind < argc) {
         fprintf(stderr, "vessel-vmm: unexpected argument '%s' (see --help)\n", argv[optind]);
         return EXIT_SETUP;
+    }
+    if (boot_entry && !boot_disk) {
+        fprintf(stderr, "vessel-vmm: --boot-entry needs --boot disk\n");
+        return EXIT_SETUP;
+    }
+    if (boot_disk) {
+        if (cfg.kernel || cfg.initrd) {
+            fprintf(stderr, "vessel-vmm: --boot disk takes the kernel and initrd from the disk; "
+                            "drop --kernel/--initrd\n");
+            return EXIT_SETUP;
+        }
+        if (cfg.disk_count == 0) {
+            fprintf(stderr, "vessel-vmm: --boot disk needs a --disk to boot from\n");
+            return EXIT_SETUP;
+        }
+        if (guestfs_boot_load(cfg.disks[0].path, cfg.disks[0].format, boot_entry, cfg.cmdline,
+                              &bootload) < 0) {
+            fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
+            return EXIT_SETUP;
+        }
+        cfg.kernel = bootload.kernel_path;
+        cfg.initrd = bootload.initrd_fd >= 0 ? bootload.initrd_path : NULL;
+        cfg.cmdline = bootload.cmdline;
+        if (verbose)
+            fprintf(stderr,
+                    "vessel-vmm: boot entry '%s' from %s on partition %u: kernel %s, initrd %s "
+                    "(partition %u), cmdline '%s'\n",
+                    bootload.info.title, bootload.info.config_path, bootload.info.config_part,
+                    bootload.info.kernel, bootload.info.initrd ? bootload.info.initrd : "(none)",
+                    bootload.info.part, bootload.cmdline);
     }
     if (!cfg.kernel) {
         fprintf(stderr, "vessel-vmm: --kernel FILE is required (see --help)\n");

@@ -74,6 +74,14 @@ int guestfs_fs_close(struct guestfs_fs *fs);
 bool guestfs_fs_probe(struct img *img, uint64_t start, uint64_t size, char *uuid, size_t uuid_len,
                       char *label, size_t label_len);
 
+enum guestfs_fs_kind {
+    GUESTFS_FS_NONE,
+    GUESTFS_FS_EXT,
+    GUESTFS_FS_FAT,
+};
+/* Which filesystem (if any) the window holds; ext wins over a stale FAT boot sector. */
+enum guestfs_fs_kind guestfs_fs_kind(struct img *img, uint64_t start, uint64_t size);
+
 struct guestfs_dirent {
     char *name;
     uint32_t ino;
@@ -100,6 +108,45 @@ int guestfs_fs_mkdir(struct guestfs_fs *fs, const char *path, mode_t mode);
 int guestfs_fs_remove(struct guestfs_fs *fs, const char *path);
 /* 1 when PATH exists, 0 when not, -errno on error. */
 int guestfs_fs_exists(struct guestfs_fs *fs, const char *path);
+
+/* ---- FAT12/16/32 filesystems, read-only (fat.c) ---------------------------------------------- */
+
+/* guestfs_fs_open/probe and the read functions above handle FAT partitions too (EFI system
+ * partitions); write functions return -EROFS on them. The FAT layer on its own, over a read
+ * callback, is here for tests and fuzzing. */
+struct guestfs_fat;
+
+struct guestfs_fat_geometry {
+    unsigned type; /* 12, 16, 32 (from the cluster count, as the spec says) */
+    uint32_t bytes_per_sector;
+    uint32_t cluster_size;
+    uint64_t fat_offset; /* bytes from the start of the volume */
+    uint64_t fat_bytes;  /* the part of one FAT that covers every cluster */
+    uint64_t root_offset;
+    uint32_t root_entries; /* FAT12/16 */
+    uint32_t root_cluster; /* FAT32 */
+    uint64_t data_offset;  /* cluster 2 */
+    uint32_t cluster_count;
+    uint32_t serial;
+    char volume_label[12];
+};
+
+/* Validate a boot sector (LEN >= 512) of a volume in a window of PART_SIZE bytes. */
+int guestfs_fat_parse_boot(const uint8_t *boot_sector, size_t len, uint64_t part_size,
+                           const char *label, struct guestfs_fat_geometry *out);
+/* READ reads at offsets relative to the volume start; SIZE bounds the volume. */
+int guestfs_fat_open(guestfs_read_fn read, void *ctx, uint64_t size, const char *label,
+                     struct guestfs_fat **out);
+void guestfs_fat_close(struct guestfs_fat *fat);
+/* The volume serial as "ABCD-1234" (what grub's search --fs-uuid names) and the label. */
+void guestfs_fat_id(const struct guestfs_fat *fat, char *uuid, size_t uuid_len, char *label,
+                    size_t label_len);
+int guestfs_fat_list(struct guestfs_fat *fat, const char *path, struct guestfs_dirent **entries,
+                     size_t *count);
+int guestfs_fat_read_file(struct guestfs_fat *fat, const char *path, size_t max, char **data,
+                          size_t *len);
+int guestfs_fat_read_to_fd(struct guestfs_fat *fat, const char *path, int fd);
+int guestfs_fat_exists(struct guestfs_fat *fat, const char *path);
 
 /* ---- boot configuration (vessel's pygrub) ---------------------------------------------------- */
 
@@ -173,5 +220,24 @@ struct guestfs_os {
  * when none is found. */
 int guestfs_inspect_os(struct img *img, const struct guestfs_table *table, struct guestfs_os *out);
 void guestfs_os_free(struct guestfs_os *os);
+
+/* ---- boot from disk (bootdisk.c) ------------------------------------------------------------- */
+
+/* A chosen boot entry with its kernel and initrd copied out of the disk into memory files. */
+struct guestfs_bootload {
+    struct guestfs_bootinfo info;
+    int kernel_fd;        /* memfd holding the kernel */
+    int initrd_fd;        /* memfd holding the initrd, -1 when none */
+    char kernel_path[32]; /* "/proc/self/fd/N": loadable like any host file */
+    char initrd_path[32]; /* "" when none */
+    char *cmdline;        /* the entry's command line, then EXTRA_CMDLINE */
+};
+
+/* Open DISK (FORMAT NULL = probe), find its boot config, choose ENTRY (NULL = default) and copy
+ * the kernel (at most 256 MiB) and initrd (at most 2 GiB) out. Errors name the disk, the
+ * partition, the config file and line, or the missing kernel/initrd. */
+int guestfs_boot_load(const char *disk, const char *format, const char *entry,
+                      const char *extra_cmdline, struct guestfs_bootload *out);
+void guestfs_bootload_free(struct guestfs_bootload *b);
 
 #endif

@@ -5,7 +5,8 @@
  * img_pread/img_pwrite at (partition start + block * block size). So a file written here lands
  * in a qcow2/vmdk/vhd overlay exactly where the guest kernel would put it, and e2fsck agrees.
  * libext2fs opens its channel by name, so the name carries the address of our window struct
- * ("vessel-img:0x…"), which only this file ever produces.
+ * ("vessel-img:0x…"), which only this file ever produces. A partition that holds FAT instead
+ * (an EFI system partition) gets the same public calls answered by fat.c, read-only.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -32,6 +33,7 @@ struct window {
 };
 
 struct guestfs_fs {
+    struct guestfs_fat *fat; /* set: a FAT volume, every call goes to fat.c */
     ext2_filsys fs;
     struct window win;
     char *label;
@@ -247,12 +249,73 @@ static int fs_err(struct guestfs_fs *g, errcode_t e, const char *what, const cha
 
 /* ---- open / close / probe ---- */
 
+/* fat.c's read callback: offsets inside the window. */
+static int window_read(void *ctx, void *buf, uint64_t offset, size_t len)
+{
+    struct window *w = ctx;
+    if (offset > w->size || len > w->size - offset)
+        return vs_error(-EIO, "%s: read of %zu bytes at %llu is outside the partition",
+                        img_filename(w->img), len, (unsigned long long)offset);
+    return img_pread(w->img, buf, w->start + offset, len);
+}
+
+static bool has_ext_magic(struct img *img, uint64_t start, uint64_t size)
+{
+    uint8_t magic[2];
+    return size >= 2048 && img_pread(img, magic, start + 1024 + 56, 2) == 0 &&
+           (magic[0] | magic[1] << 8) == EXT2_SUPER_MAGIC;
+}
+
+static bool is_fat(struct img *img, uint64_t start, uint64_t size,
+                   struct guestfs_fat_geometry *geometry)
+{
+    uint8_t bs[512];
+    if (size < 512 || img_pread(img, bs, start, sizeof(bs)) < 0)
+        return false;
+    char saved[512];
+    snprintf(saved, sizeof(saved), "%s", vs_error_message());
+    bool ok = guestfs_fat_parse_boot(bs, sizeof(bs), size, "", geometry) == 0;
+    vs_error(0, "%s", saved); /* a failed probe leaves no message behind */
+    return ok;
+}
+
+enum guestfs_fs_kind guestfs_fs_kind(struct img *img, uint64_t start, uint64_t size)
+{
+    struct guestfs_fat_geometry geometry;
+    if (has_ext_magic(img, start, size))
+        return GUESTFS_FS_EXT;
+    return is_fat(img, start, size, &geometry) ? GUESTFS_FS_FAT : GUESTFS_FS_NONE;
+}
+
+static int fat_open(struct img *img, uint64_t start, uint64_t size, const char *label,
+                    bool writable, struct guestfs_fs **out)
+{
+    if (writable)
+        return vs_error(-EROFS, "%s: FAT filesystems are read-only in vessel", label);
+    struct guestfs_fs *g = calloc(1, sizeof(*g));
+    if (!g)
+        return vs_error(-ENOMEM, "out of memory");
+    g->win = (struct window){.img = img, .start = start, .size = size};
+    g->label = strdup(label);
+    int rc = g->label ? guestfs_fat_open(window_read, &g->win, size, label, &g->fat) : -ENOMEM;
+    if (rc < 0) {
+        free(g->label);
+        free(g);
+        return rc;
+    }
+    *out = g;
+    return 0;
+}
+
 int guestfs_fs_open(struct img *img, uint64_t start, uint64_t size, const char *label,
                     bool writable, struct guestfs_fs **out)
 {
     *out = NULL;
     if (writable && !img_is_writable(img))
         return vs_error(-EROFS, "%s: image is open read-only", label);
+    struct guestfs_fat_geometry geometry;
+    if (!has_ext_magic(img, start, size) && is_fat(img, start, size, &geometry))
+        return fat_open(img, start, size, label, writable, out);
     struct guestfs_fs *g = calloc(1, sizeof(*g));
     if (!g)
         return vs_error(-ENOMEM, "out of memory");
@@ -297,6 +360,12 @@ int guestfs_fs_close(struct guestfs_fs *g)
 {
     if (!g)
         return 0;
+    if (g->fat) {
+        guestfs_fat_close(g->fat);
+        free(g->label);
+        free(g);
+        return 0;
+    }
     int rc = 0;
     errcode_t e = ext2fs_close_free(&g->fs);
     if (e)
@@ -310,10 +379,17 @@ bool guestfs_fs_probe(struct img *img, uint64_t start, uint64_t size, char *uuid
                       char *label, size_t label_len)
 {
     struct ext2_super_block sb;
-    if (size < 2048 || img_pread(img, &sb, start + 1024, sizeof(sb)) < 0)
-        return false;
-    if (ext2fs_le16_to_cpu(sb.s_magic) != EXT2_SUPER_MAGIC)
-        return false;
+    if (size < 2048 || img_pread(img, &sb, start + 1024, sizeof(sb)) < 0 ||
+        ext2fs_le16_to_cpu(sb.s_magic) != EXT2_SUPER_MAGIC) {
+        struct guestfs_fat_geometry geometry;
+        if (!is_fat(img, start, size, &geometry))
+            return false;
+        if (uuid && uuid_len)
+            snprintf(uuid, uuid_len, "%04X-%04X", geometry.serial >> 16, geometry.serial & 0xffff);
+        if (label && label_len)
+            snprintf(label, label_len, "%s", geometry.volume_label);
+        return true;
+    }
     if (uuid && uuid_len) {
         const uint8_t *u = sb.s_uuid;
         snprintf(uuid, uuid_len,
@@ -382,6 +458,8 @@ static int lookup_parent(struct guestfs_fs *g, const char *path, ext2_ino_t *par
 
 int guestfs_fs_exists(struct guestfs_fs *g, const char *path)
 {
+    if (g->fat)
+        return guestfs_fat_exists(g->fat, path);
     ext2_ino_t ino;
     if (!path || path[0] != '/')
         return vs_error(-EINVAL, "%s: paths must be absolute", g->label);
@@ -453,6 +531,8 @@ static int list_cb(struct ext2_dir_entry *dirent, int offset, int blocksize, cha
 int guestfs_fs_list(struct guestfs_fs *g, const char *path, struct guestfs_dirent **entries,
                     size_t *count)
 {
+    if (g->fat)
+        return guestfs_fat_list(g->fat, path, entries, count);
     *entries = NULL;
     *count = 0;
     ext2_ino_t ino;
@@ -506,6 +586,8 @@ static int open_regular(struct guestfs_fs *g, const char *path, int flags, ext2_
 int guestfs_fs_read_file(struct guestfs_fs *g, const char *path, size_t max, char **data,
                          size_t *len)
 {
+    if (g->fat)
+        return guestfs_fat_read_file(g->fat, path, max, data, len);
     *data = NULL;
     *len = 0;
     ext2_file_t f;
@@ -545,6 +627,8 @@ int guestfs_fs_read_file(struct guestfs_fs *g, const char *path, size_t max, cha
 
 int guestfs_fs_read_to_fd(struct guestfs_fs *g, const char *path, int fd)
 {
+    if (g->fat)
+        return guestfs_fat_read_to_fd(g->fat, path, fd);
     ext2_file_t f;
     uint64_t size;
     int rc = open_regular(g, path, 0, &f, &size);
@@ -654,6 +738,8 @@ static int empty_cb(struct ext2_dir_entry *dirent, int offset, int blocksize, ch
 
 int guestfs_fs_remove(struct guestfs_fs *g, const char *path)
 {
+    if (g->fat)
+        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
     int rc = need_writable(g);
     if (rc < 0)
         return rc;
@@ -688,6 +774,8 @@ int guestfs_fs_remove(struct guestfs_fs *g, const char *path)
 
 int guestfs_fs_mkdir(struct guestfs_fs *g, const char *path, mode_t mode)
 {
+    if (g->fat)
+        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
     int rc = need_writable(g);
     if (rc < 0)
         return rc;
@@ -840,6 +928,8 @@ static int write_common(struct guestfs_fs *g, const char *path, struct source *s
 
 int guestfs_fs_write_from_fd(struct guestfs_fs *g, const char *path, int fd, mode_t mode)
 {
+    if (g->fat)
+        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
     struct source s = {.fd = fd};
     return write_common(g, path, &s, mode);
 }
@@ -847,6 +937,8 @@ int guestfs_fs_write_from_fd(struct guestfs_fs *g, const char *path, int fd, mod
 int guestfs_fs_write_file(struct guestfs_fs *g, const char *path, const void *data, size_t len,
                           mode_t mode)
 {
+    if (g->fat)
+        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
     struct source s = {.fd = -1, .data = data, .len = len};
     return write_common(g, path, &s, mode);
 }

@@ -137,10 +137,13 @@ int guestfs_bootinfo(struct img *img, const struct guestfs_table *t, const char 
                       : -ENOMEM;
             free(text);
             free(env);
-            free(name);
             size_t index = 0;
-            if (rc == 0)
+            if (rc == 0) {
                 rc = guestfs_bootcfg_choose(cfg, entry, &index);
+                if (rc < 0)
+                    vs_error_prefix(rc, "%s", name);
+            }
+            free(name);
             if (rc == 0 && !cfg->entries[index].kernel)
                 rc = vs_error(-ENOENT, "%s:%u:%s: entry '%s' has no kernel", img_filename(img),
                               p->number, config_paths[c].path, cfg->entries[index].title);
