@@ -116,6 +116,9 @@ bench: deps-check
 	bench/img-convert
 	bench/img-io
 	bench/vmm
+	bench/net
+	bench/mgmt
+	bench/guest
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin
