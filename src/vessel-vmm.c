@@ -49,6 +49,7 @@ static void usage(FILE *out)
             "  --net tap=NAME[,mac=MAC]   virtio-net NIC on tap NAME (repeatable)\n"
             "  --rng                virtio-rng (entropy from the host's getrandom)\n"
             "  --balloon            virtio-balloon (target via the API \"balloon\" command)\n"
+            "  --vconsole stdio|file:PATH|pty|unix:PATH   virtio-console (one port)\n"
             "  --console stdio|file:PATH|pty|unix:PATH|none   serial console (default stdio)\n"
             "  --api unix:PATH      JSON control socket\n"
             "  --cpuid-mask LIST    hide CPU features from the guest (xsave,avx,cx16,…)\n"
@@ -164,6 +165,7 @@ static void *signal_thread(void *arg)
 
 int main(int argc, char **argv)
 {
+    /* clang-format off */
     static const struct option options[] = {
         {"kernel", required_argument, NULL, 'k'},  {"initrd", required_argument, NULL, 'i'},
         {"cmdline", required_argument, NULL, 'c'}, {"cpus", required_argument, NULL, 'n'},
@@ -174,8 +176,10 @@ int main(int argc, char **argv)
         {"no-pvh", no_argument, NULL, 'P'},        {"verbose", no_argument, NULL, 'v'},
         {"rng", no_argument, NULL, 'r'},           {"balloon", no_argument, NULL, 'B'},
         {"boot", required_argument, NULL, 'b'},    {"boot-entry", required_argument, NULL, 'e'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},          {"vconsole", required_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
     };
+    /* clang-format on */
     atexit(config_free);
     bool verbose = false;
     bool boot_disk = false;
@@ -243,6 +247,9 @@ int main(int argc, char **argv)
             break;
         case 'B':
             cfg.balloon = true;
+            break;
+        case 'V':
+            cfg.vconsole = optarg;
             break;
         case 'C':
             cfg.console = optarg;

@@ -295,7 +295,7 @@ static void run_tests(const char *def)
         int (*fn)(void);
     } tests[] = {
         {"io", test_io},   {"blk", test_blk},         {"dhcp", test_dhcp}, {"net", test_net},
-        {"rng", test_rng}, {"balloon", test_balloon}, {"irq", test_irq},
+        {"rng", test_rng}, {"balloon", test_balloon}, {"vcon", test_vcon}, {"irq", test_irq},
     };
     for (size_t i = 0; i < ARRAY_SIZE(tests); i++) {
         if (!param_list_has("probe.tests", tests[i].name, def))

@@ -100,6 +100,7 @@ static void scan_function(u8 bus, u8 dev, u8 fn, int depth)
     int type = virtio_pci_type(&d);
     const char *what = type == 1   ? " virtio-net"
                        : type == 2 ? " virtio-blk"
+                       : type == 3 ? " virtio-console"
                        : type == 4 ? " virtio-rng"
                        : type == 5 ? " virtio-balloon"
                        : type >= 0 ? " virtio"

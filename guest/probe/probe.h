@@ -327,6 +327,7 @@ int net_raw_send(const void *frame, u32 len);
 u32 net_raw_recv(void *buf, u32 cap, const u8 **mac);
 int test_rng(void);
 int test_balloon(void);
+int test_vcon(void);
 int test_irq(void);
 void balloon_idle_init(void);
 void balloon_idle_poll(void);

@@ -55,6 +55,8 @@ struct vmm_config {
     size_t net_count;
     bool rng;     /* attach virtio-rng (host getrandom) */
     bool balloon; /* attach virtio-balloon (inflate, deflate, stats) */
+    /* virtio-console backend (stdio | file:PATH | pty | unix:PATH), NULL = no virtio console. */
+    const char *vconsole;
 };
 
 /* Why vmm_run returned. vessel-vmm turns these into its documented exit codes. */

@@ -113,6 +113,11 @@ static void *console_thread(void *arg)
 
 int console_open(struct console **out, const char *spec)
 {
+    return console_open_as(out, spec, "--console");
+}
+
+int console_open_as(struct console **out, const char *spec, const char *flag)
+{
     struct console *c = vs_calloc(1, sizeof(*c));
     if (!c)
         return -ENOMEM;
@@ -135,12 +140,12 @@ int console_open(struct console **out, const char *spec)
         c->kind = CONSOLE_FILE;
         c->out_fd = open(spec + 5, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (c->out_fd < 0)
-            rc = vs_error_errno(-errno, "--console %s", spec);
+            rc = vs_error_errno(-errno, "%s %s", flag, spec);
     } else if (strcmp(spec, "pty") == 0) {
         c->kind = CONSOLE_PTY;
         int fd = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (fd < 0 || grantpt(fd) < 0 || unlockpt(fd) < 0) {
-            rc = vs_error_errno(-errno, "--console pty: cannot allocate a pty");
+            rc = vs_error_errno(-errno, "%s pty: cannot allocate a pty", flag);
             if (fd >= 0)
                 close(fd);
         } else {
@@ -158,19 +163,19 @@ int console_open(struct console **out, const char *spec)
         c->kind = CONSOLE_UNIX;
         struct sockaddr_un sa = {.sun_family = AF_UNIX};
         if (strlen(spec + 5) >= sizeof(sa.sun_path)) {
-            rc = vs_error(-ENAMETOOLONG, "--console %s: socket path too long", spec);
+            rc = vs_error(-ENAMETOOLONG, "%s %s: socket path too long", flag, spec);
         } else {
             strcpy(sa.sun_path, spec + 5);
             unlink(sa.sun_path);
             c->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
             if (c->listen_fd < 0 || bind(c->listen_fd, (void *)&sa, sizeof(sa)) < 0 ||
                 listen(c->listen_fd, 1) < 0)
-                rc = vs_error_errno(-errno, "--console %s", spec);
+                rc = vs_error_errno(-errno, "%s %s", flag, spec);
             else
                 c->path = vs_strdup(sa.sun_path);
         }
     } else {
-        rc = vs_error(-EINVAL, "--console '%s': expected stdio, file:PATH, pty, unix:PATH or none",
+        rc = vs_error(-EINVAL, "%s '%s': expected stdio, file:PATH, pty, unix:PATH or none", flag,
                       spec);
     }
     if (rc == 0 && c->kind != CONSOLE_NONE && c->kind != CONSOLE_FILE) {
@@ -214,6 +219,14 @@ void console_write(struct console *c, const uint8_t *buf, size_t len)
         len -= (size_t)n;
     }
     pthread_mutex_unlock(&c->lock);
+}
+
+bool console_can_write(struct console *c)
+{
+    pthread_mutex_lock(&c->lock);
+    bool ok = c->kind != CONSOLE_UNIX || c->client_fd >= 0;
+    pthread_mutex_unlock(&c->lock);
+    return ok;
 }
 
 void console_close(struct console *c)

@@ -200,12 +200,17 @@ static void *vm_setup_thread(void *arg)
     return NULL;
 }
 
-/* The memory slots on a second thread: their grace period overlaps the irqchip's. */
+/* The memory slots on a second thread: their grace period overlaps the irqchip's. The CPUID
+ * table (KVM_GET_SUPPORTED_CPUID, ~0.5 ms) follows on the same thread, off the main thread's
+ * path; only the vCPUs need it. Error messages are per thread, so a failure is redone on the
+ * main thread by machine_vm_ready to get its message. */
 static void *vm_memory_thread(void *arg)
 {
     struct machine *m = arg;
     if ((m->memory_rc = memory_register(m)) < 0)
         m->memory_step = "KVM_SET_USER_MEMORY_REGION";
+    else
+        m->cpuid_rc = cpuid_setup(m);
     return NULL;
 }
 
@@ -220,6 +225,14 @@ static int machine_vm_ready(struct machine *m)
         return vs_error_errno(m->setup_rc, "%s", m->setup_step);
     if (m->memory_rc < 0)
         return vs_error_errno(m->memory_rc, "%s", m->memory_step);
+    if (m->cpuid_rc < 0) {
+        int rc = m->cpuid_rc;
+        free(m->cpuid);
+        m->cpuid = NULL;
+        m->cpuid_rc = 0;
+        int again = cpuid_setup(m); /* for the message */
+        return again < 0 ? again : vs_error(rc, "CPUID setup failed");
+    }
     return 0;
 }
 
@@ -564,9 +577,10 @@ int machine_resume(struct machine *m)
 }
 
 static int machine_build(struct machine *m, const struct vmm_config *config,
-                         struct console *console);
+                         struct console *console, struct console *vconsole);
 
-int machine_create(struct machine **out, const struct vmm_config *config, struct console *console)
+int machine_create(struct machine **out, const struct vmm_config *config, struct console *console,
+                   struct console *vconsole)
 {
     struct machine *m = vs_calloc(1, sizeof(*m));
     if (!m)
@@ -584,7 +598,7 @@ int machine_create(struct machine **out, const struct vmm_config *config, struct
         free(m);
         return rc;
     }
-    rc = machine_build(m, config, console);
+    rc = machine_build(m, config, console, vconsole);
     if (rc < 0) {
         machine_destroy(m);
         return rc;
@@ -594,7 +608,7 @@ int machine_create(struct machine **out, const struct vmm_config *config, struct
 }
 
 static int machine_build(struct machine *m, const struct vmm_config *config,
-                         struct console *console)
+                         struct console *console, struct console *vconsole)
 {
     int rc;
     struct sigaction sa = {.sa_handler = kick_handler};
@@ -603,7 +617,7 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
 
     if (m->vcpu_count > 254) /* xAPIC IDs in the MADT are one byte */
         return vs_error(-EINVAL, "--cpus %u: at most 254 vCPUs", m->vcpu_count);
-    if ((rc = kvm_open(m)) < 0 || (rc = vm_setup(m)) < 0 || (rc = cpuid_setup(m)) < 0)
+    if ((rc = kvm_open(m)) < 0 || (rc = vm_setup(m)) < 0) /* vm_setup starts cpuid_setup */
         return rc;
     /* Devices first: boot_load builds ACPI tables and needs the platform fixed. */
     if ((rc = serial_create(m, console)) < 0 || (rc = pm_create(m)) < 0 ||
@@ -618,6 +632,8 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
     if (config->rng && (rc = virtio_rng_create(m)) < 0)
         return rc;
     if (config->balloon && (rc = virtio_balloon_create(m)) < 0)
+        return rc;
+    if (vconsole && (rc = virtio_console_create(m, vconsole)) < 0)
         return rc;
     if ((rc = boot_load(m)) < 0 || (rc = machine_vm_ready(m)) < 0)
         return rc;

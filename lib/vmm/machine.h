@@ -164,10 +164,11 @@ struct machine {
     bool setup_started;
     int setup_rc;
     const char *setup_step;
-    pthread_t memory_thread; /* memory slots */
+    pthread_t memory_thread; /* memory slots, then the CPUID table */
     bool memory_started;
     int memory_rc;
     const char *memory_step;
+    int cpuid_rc; /* cpuid_setup, run on the memory thread */
 
     pthread_mutex_t lock; /* state, stop request */
     pthread_cond_t cond;
@@ -242,8 +243,12 @@ int cpuid_apply_vcpu(struct machine *m, struct vcpu *v);
 struct console;
 /* Console backends ("stdio", "file:PATH", "pty", "unix:PATH", "none"). */
 int console_open(struct console **out, const char *spec);
+/* The same, naming FLAG ("--vconsole") in error messages. */
+int console_open_as(struct console **out, const char *spec, const char *flag);
 void console_close(struct console *c);
 void console_write(struct console *c, const uint8_t *buf, size_t len);
+/* False while a unix-socket console has no client (console_write would drop the bytes). */
+bool console_can_write(struct console *c);
 /* Input: the console calls FN from its own thread for each chunk it reads. */
 void console_set_input(struct console *c, void (*fn)(void *opaque, const uint8_t *buf, size_t len),
                        void *opaque);
@@ -259,6 +264,8 @@ int virtio_blk_create(struct machine *m, const struct vmm_disk_config *disk);
 int virtio_net_create(struct machine *m, const struct vmm_net_config *net);
 int virtio_rng_create(struct machine *m);
 int virtio_balloon_create(struct machine *m);
+/* A one-port virtio console on CONSOLE (its input goes to the guest). */
+int virtio_console_create(struct machine *m, struct console *console);
 /* Set the balloon's target (pages) and tell the driver; -ENODEV without a balloon. */
 int virtio_balloon_set_target(struct machine *m, uint32_t pages);
 
@@ -272,13 +279,15 @@ struct vmm {
     struct vmm_config config;
     struct machine *machine;
     struct console *console;
+    struct console *vconsole; /* --vconsole backend, or NULL */
     struct control *control;
     pthread_mutex_t machine_lock; /* held while the machine is rebuilt */
     uint64_t created_ns;
     uint64_t first_output_ns;
 };
 
-int machine_create(struct machine **out, const struct vmm_config *config, struct console *console);
+int machine_create(struct machine **out, const struct vmm_config *config, struct console *console,
+                   struct console *vconsole);
 void machine_destroy(struct machine *m);
 int machine_run(struct machine *m, struct vmm_result *result);
 /* Stats JSON (json_object *) of the machine: vCPU times, exits, devices. */

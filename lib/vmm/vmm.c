@@ -21,8 +21,18 @@ int vmm_create(struct vmm **out, const struct vmm_config *config)
     v->config = *config;
     pthread_mutex_init(&v->machine_lock, NULL);
     int rc = console_open(&v->console, config->console);
+    if (rc == 0 && config->vconsole) {
+        bool serial_stdio = !config->console || strcmp(config->console, "stdio") == 0;
+        if (strcmp(config->vconsole, "stdio") == 0 && serial_stdio)
+            rc = vs_error(-EINVAL, "--vconsole stdio: the serial console already uses stdio "
+                                   "(give --console another backend)");
+        else if (strcmp(config->vconsole, "none") == 0)
+            rc = vs_error(-EINVAL, "--vconsole none: leave --vconsole out for no virtio console");
+        else
+            rc = console_open_as(&v->vconsole, config->vconsole, "--vconsole");
+    }
     if (rc == 0)
-        rc = machine_create(&v->machine, &v->config, v->console);
+        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole);
     if (rc == 0 && config->api)
         rc = control_start(&v->control, v, config->api);
     if (rc < 0) {
@@ -44,7 +54,7 @@ int vmm_run(struct vmm *v, struct vmm_result *result)
         pthread_mutex_lock(&v->machine_lock);
         machine_destroy(v->machine);
         v->machine = NULL;
-        rc = machine_create(&v->machine, &v->config, v->console);
+        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole);
         pthread_mutex_unlock(&v->machine_lock);
         if (rc < 0)
             return vs_error_prefix(rc, "reboot");
@@ -58,6 +68,8 @@ void vmm_destroy(struct vmm *v)
     control_stop(v->control);
     machine_destroy(v->machine);
     console_close(v->console);
+    if (v->vconsole)
+        console_close(v->vconsole);
     pthread_mutex_destroy(&v->machine_lock);
     free(v);
 }
