@@ -324,3 +324,20 @@ int vhd_cover_block_end(struct img *file, uint64_t block, uint64_t block_size, c
     uint8_t last = (len && in + len == block_size) ? buf[len - 1] : 0;
     return file->drv->pwrite(file, &last, block + block_size - 1, 1);
 }
+
+int vhd_pwrite_split(struct img *img, struct vhd_extent_cache *holes, uint64_t block_size,
+                     const void *buf, uint64_t offset, size_t len, vhd_block_write_fn write_block)
+{
+    vhd_extent_cache_reset(holes);
+    const uint8_t *p = buf;
+    int rc = 0;
+    while (len && !rc) {
+        size_t n = (size_t)VS_MIN((uint64_t)len, block_size - offset % block_size);
+        rc = write_block(img, p, offset, n);
+        p += n;
+        offset += n;
+        len -= n;
+    }
+    vhd_extent_cache_reset(holes);
+    return rc;
+}

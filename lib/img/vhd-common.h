@@ -71,6 +71,14 @@ int vhd_cover_block_end(struct img *file, uint64_t block, uint64_t block_size, c
                         uint64_t in, size_t len);
 int vhd_write_nonzero(struct img *file, const uint8_t *buf, uint64_t at, size_t len);
 
+/* Writes one piece that lies inside a single block of the format. */
+typedef int (*vhd_block_write_fn)(struct img *img, const uint8_t *buf, uint64_t offset, size_t len);
+/* The block formats' pwrite: split [OFFSET, OFFSET+LEN) at BLOCK_SIZE boundaries and hand each
+ * piece to WRITE_BLOCK. Writes turn holes into data, so the cached container extent HOLES is
+ * forgotten before and after. */
+int vhd_pwrite_split(struct img *img, struct vhd_extent_cache *holes, uint64_t block_size,
+                     const void *buf, uint64_t offset, size_t len, vhd_block_write_fn write_block);
+
 /* One line of a check report, through the caller's report callback when it has one. */
 struct img_check;
 void vhd_check_report(struct img_check *r, const char *fmt, ...) VS_PRINTF(2, 3);

@@ -942,34 +942,20 @@ static int vhd_write_block(struct img *img, const uint8_t *buf, uint64_t off, si
     return rc;
 }
 
-static int vhd_pwrite_blocks(struct img *img, const void *buf, uint64_t offset, size_t len)
-{
-    struct vhd_state *s = img->state;
-    if (!vhd_dynamic(s))
-        return vhd_write(img, buf, offset, len);
-    if (s->type == VHD_TYPE_DIFF)
-        pthread_mutex_lock(&s->diff_lock);
-    const uint8_t *p = buf;
-    int rc = 0;
-    while (len && !rc) {
-        size_t n = (size_t)VS_MIN((uint64_t)len, s->block_size - offset % s->block_size);
-        rc = vhd_write_block(img, p, offset, n);
-        p += n;
-        offset += n;
-        len -= n;
-    }
-    if (s->type == VHD_TYPE_DIFF)
-        pthread_mutex_unlock(&s->diff_lock);
-    return rc;
-}
-
-/* Writes turn holes into data: the cached container extent is forgotten before and after. */
 static int vhd_pwrite(struct img *img, const void *buf, uint64_t offset, size_t len)
 {
     struct vhd_state *s = img->state;
-    vhd_extent_cache_reset(&s->holes);
-    int rc = vhd_pwrite_blocks(img, buf, offset, len);
-    vhd_extent_cache_reset(&s->holes);
+    if (!vhd_dynamic(s)) {
+        vhd_extent_cache_reset(&s->holes);
+        int rc = vhd_write(img, buf, offset, len);
+        vhd_extent_cache_reset(&s->holes);
+        return rc;
+    }
+    if (s->type == VHD_TYPE_DIFF)
+        pthread_mutex_lock(&s->diff_lock);
+    int rc = vhd_pwrite_split(img, &s->holes, s->block_size, buf, offset, len, vhd_write_block);
+    if (s->type == VHD_TYPE_DIFF)
+        pthread_mutex_unlock(&s->diff_lock);
     return rc;
 }
 

@@ -1133,34 +1133,14 @@ static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset
     return rc;
 }
 
-static int vhdx_pwrite_blocks(struct img *img, const void *buf, uint64_t offset, size_t len)
+static int vhdx_pwrite(struct img *img, const void *buf, uint64_t offset, size_t len)
 {
     struct vhdx_state *s = img->state;
     if (s->has_parent)
         return img_error(img, -ENOTSUP,
                          "writing to a differencing VHDX is not supported; "
                          "convert it first");
-    const uint8_t *p = buf;
-    while (len) {
-        size_t n = (size_t)VS_MIN((uint64_t)len, s->block_size - offset % s->block_size);
-        int rc = vhdx_write_block(img, p, offset, n);
-        if (rc)
-            return rc;
-        p += n;
-        offset += n;
-        len -= n;
-    }
-    return 0;
-}
-
-/* Writes turn holes into data: the cached container extent is forgotten before and after. */
-static int vhdx_pwrite(struct img *img, const void *buf, uint64_t offset, size_t len)
-{
-    struct vhdx_state *s = img->state;
-    vhd_extent_cache_reset(&s->holes);
-    int rc = vhdx_pwrite_blocks(img, buf, offset, len);
-    vhd_extent_cache_reset(&s->holes);
-    return rc;
+    return vhd_pwrite_split(img, &s->holes, s->block_size, buf, offset, len, vhdx_write_block);
 }
 
 static int vhdx_write_zeroes(struct img *img, uint64_t offset, uint64_t len, int flags)
