@@ -816,9 +816,46 @@ int vm_def_parse_file(const char *path, struct vm_def **out)
 
 /* ---- validation ------------------------------------------------------------------------------ */
 
+/* Text values are single printable lines: a control character (an imported xl.cfg or .vmx can
+ * carry any byte) could not be written back to the one-value-per-line format. Tabs are fine. */
+static int check_text(const char *src, int line, const char *key, const char *value)
+{
+    if (!value)
+        return 0;
+    for (const unsigned char *c = (const unsigned char *)value; *c; c++)
+        if ((*c < 0x20 && *c != '\t') || *c == 0x7f)
+            return defs_error(src, line, key, "control character 0x%02x in the value", *c);
+    return 0;
+}
+
 int vm_def_validate(struct vm_def *def)
 {
     const char *src = def->source;
+    int text_rc = check_text(src, def->name_line, "name", def->name);
+    if (!text_rc)
+        text_rc = check_text(src, def->kernel_line, "kernel", def->kernel);
+    if (!text_rc)
+        text_rc = check_text(src, def->from_line, "initrd", def->initrd);
+    if (!text_rc)
+        text_rc = check_text(src, def->from_line, "cmdline", def->cmdline);
+    if (!text_rc)
+        text_rc = check_text(src, 0, "console", def->console_path);
+    for (size_t i = 0; !text_rc && i < def->disk_count; i++) {
+        const struct vm_disk *d = &def->disks[i];
+        text_rc = check_text(src, d->file_line ? d->file_line : d->line, "file", d->file);
+        if (!text_rc)
+            text_rc = check_text(src, d->line, "format", d->format);
+        if (!text_rc)
+            text_rc =
+                check_text(src, d->target_line ? d->target_line : d->line, "target", d->target);
+    }
+    for (size_t i = 0; !text_rc && i < def->nic_count; i++) {
+        text_rc = check_text(src, def->nics[i].line, "network", def->nics[i].network);
+        if (!text_rc)
+            text_rc = check_text(src, def->nics[i].line, "bridge", def->nics[i].bridge);
+    }
+    if (text_rc)
+        return text_rc;
     if (!def->name)
         return defs_error(src, 0, "name", "required key missing (add 'name = ...')");
     if (!defs_name_valid(def->name))
