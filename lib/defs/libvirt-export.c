@@ -45,36 +45,38 @@ static void element(FILE *f, const char *indent, const char *name, const char *t
     fprintf(f, "</%s>\n", name);
 }
 
-/* The target name libvirt needs when the definition has none: vda, vdb … per bus prefix. */
-static void assign_target(const struct vm_def *def, size_t index, char out[16])
+/* The target names libvirt needs where the definition has none: vda, vdb … per bus prefix,
+ * skipping names that explicit targets or earlier disks already use. One pass in disk order, so
+ * the cost stays polynomial however many disks there are (fuzz-defs found the recursive version
+ * exponential). OUT has disk_count entries. */
+static void assign_targets(const struct vm_def *def, char (*out)[16])
 {
-    const struct vm_disk *d = &def->disks[index];
-    if (d->target) {
-        snprintf(out, 16, "%s", d->target);
-        return;
-    }
-    const char *prefix = d->bus == VM_DISK_BUS_VIRTIO ? "vd"
-                         : d->bus == VM_DISK_BUS_IDE  ? "hd"
-                                                      : "sd";
-    for (unsigned n = 0;; n++) {
-        if (n < 26)
-            snprintf(out, 16, "%s%c", prefix, 'a' + n);
-        else
-            snprintf(out, 16, "%s%c%c", prefix, 'a' + n / 26 - 1, 'a' + n % 26);
-        bool taken = false;
-        for (size_t j = 0; j < def->disk_count && !taken; j++) {
-            if (j == index)
-                continue;
-            if (def->disks[j].target)
-                taken = strcmp(def->disks[j].target, out) == 0;
-            else if (j < index) {
-                char other[16];
-                assign_target(def, j, other);
-                taken = strcmp(other, out) == 0;
-            }
+    for (size_t i = 0; i < def->disk_count; i++) {
+        const struct vm_disk *d = &def->disks[i];
+        if (d->target) {
+            snprintf(out[i], 16, "%s", d->target);
+            continue;
         }
-        if (!taken || n > 26 * 27)
-            return;
+        const char *prefix = d->bus == VM_DISK_BUS_VIRTIO ? "vd"
+                             : d->bus == VM_DISK_BUS_IDE  ? "hd"
+                                                          : "sd";
+        for (unsigned n = 0; n <= 26 * 27; n++) {
+            if (n < 26)
+                snprintf(out[i], 16, "%s%c", prefix, 'a' + n);
+            else
+                snprintf(out[i], 16, "%s%c%c", prefix, 'a' + n / 26 - 1, 'a' + n % 26);
+            bool taken = false;
+            for (size_t j = 0; j < def->disk_count && !taken; j++) {
+                if (j == i)
+                    continue;
+                if (def->disks[j].target)
+                    taken = strcmp(def->disks[j].target, out[i]) == 0;
+                else if (j < i)
+                    taken = strcmp(out[j], out[i]) == 0;
+            }
+            if (!taken)
+                break;
+        }
     }
 }
 
@@ -119,11 +121,17 @@ char *vm_def_to_libvirt(const struct vm_def *def)
     fprintf(f, "  <on_reboot>%s</on_reboot>\n", vm_action_name(def->on_reboot));
     fprintf(f, "  <on_crash>%s</on_crash>\n", vm_action_name(def->on_crash));
     fputs("  <devices>\n", f);
+    char(*targets)[16] = vs_calloc(def->disk_count ? def->disk_count : 1, sizeof(*targets));
+    if (!targets) {
+        fclose(f);
+        free(buf);
+        return NULL;
+    }
+    assign_targets(def, targets);
     for (size_t i = 0; i < def->disk_count; i++) {
         const struct vm_disk *d = &def->disks[i];
         bool block = d->file && strncmp(d->file, "/dev/", 5) == 0;
-        char target[16];
-        assign_target(def, i, target);
+        const char *target = targets[i];
         fprintf(f, "    <disk type='%s' device='%s'>\n", block ? "block" : "file",
                 d->media == VM_DISK_MEDIA_CDROM ? "cdrom" : "disk");
         if (d->format)
@@ -161,6 +169,7 @@ char *vm_def_to_libvirt(const struct vm_def *def)
         xml_text(f, def->console_path ? def->console_path : "");
         fputs("'/>\n      <target port='0'/>\n    </serial>\n", f);
     }
+    free(targets);
     fputs("  </devices>\n</domain>\n", f);
     if (fclose(f) != 0 || !buf) {
         free(buf);
