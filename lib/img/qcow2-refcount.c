@@ -398,10 +398,19 @@ int qcow2_refcount_set(struct qcow2_state *s, uint64_t cluster, uint64_t value)
     int rc = qcow2_refcount_get(s, cluster, &old);
     if (rc || old == value)
         return rc;
-    if (value > old && value - old > INT64_MAX)
-        return -EINVAL;
-    int64_t d = value > old ? (int64_t)(value - old) : -(int64_t)(old - value);
-    return refcount_apply(s, NULL, cluster, 1, d);
+    /* With refcount_order 6 the distance can exceed what an int64_t delta holds
+     * (a hostile image may carry 2^64-1); move there in steps that fit. */
+    while (old != value) {
+        uint64_t dist = value > old ? value - old : old - value;
+        if (dist > INT64_MAX)
+            dist = INT64_MAX;
+        int64_t d = value > old ? (int64_t)dist : -(int64_t)dist;
+        rc = refcount_apply(s, NULL, cluster, 1, d);
+        if (rc)
+            return rc;
+        old = value > old ? old + dist : old - dist;
+    }
+    return 0;
 }
 
 int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len)
