@@ -43,7 +43,8 @@ PROGRAMS    := $(BUILD)/bin/vessel $(if $(VMM_SRCS),$(BUILD)/bin/vessel-vmm) \
 UNIT_SRCS   := $(sort $(wildcard tests/unit/test-*.c))
 UNIT_BINS   := $(UNIT_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 FUZZ_SRCS   := $(sort $(wildcard tests/fuzz/fuzz-*.c))
-FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
+FUZZ_BUILD  ?= build/fuzz
+FUZZ_BINS   := $(FUZZ_SRCS:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 
 .PHONY: all lib tests fuzz check demo deps deps-check install clean format bench
 all: $(PROGRAMS) guest
@@ -89,11 +90,11 @@ tests: $(PROGRAMS) guest $(UNIT_BINS)
 # instrumentation) and linked into each target.
 FUZZ_SAN    := -fsanitize=address,undefined -fno-sanitize-recover=undefined
 FUZZ_CFLAGS := $(CFLAGS_COMMON) -Wno-format-nonliteral -O1 $(FUZZ_SAN)
-FUZZ_OBJS   := $(LIB_SRCS:%.c=build/fuzz/obj/%.o)
-build/fuzz/obj/%.o: %.c
+FUZZ_OBJS   := $(LIB_SRCS:%.c=$(FUZZ_BUILD)/obj/%.o)
+$(FUZZ_BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c -o $@ $<
-build/fuzz/fuzz-%: tests/fuzz/fuzz-%.c $(FUZZ_OBJS)
+$(FUZZ_BUILD)/fuzz-%: tests/fuzz/fuzz-%.c $(FUZZ_OBJS)
 	@mkdir -p $(dir $@)
 	clang $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJS) $(PKG_LIBS) -lpthread -lm
 
