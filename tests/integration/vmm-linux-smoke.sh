@@ -1,8 +1,8 @@
 #!/bin/bash
 # tests/integration/vmm-linux-smoke.sh — the Debian cloud kernel boots far enough to print
 # "Linux version" and echo our command line within 60 s (proves the zero page/PVH start info,
-# E820, command line and initrd handoff). The kernel comes from `apt-get download` into
-# build/guest-cache/ (never committed). A full boot to init runs only on hardware KVM.
+# E820, command line and initrd handoff). The kernel comes from scripts/guest-linux.sh (`apt-get
+# download` into build/guest-cache/, never committed). A full boot to init runs only on hardware KVM.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VESSEL=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
@@ -14,25 +14,9 @@ if [ ! -r /dev/kvm ]; then
     finish
 fi
 
-CACHE=$ROOT/build/guest-cache
-fetch_kernel() {
-    mkdir -p "$CACHE"
-    (
-        cd "$CACHE"
-        ls linux-image-cloud-amd64_*.deb >/dev/null 2>&1 || apt-get download linux-image-cloud-amd64
-        dep=$(dpkg-deb -f linux-image-cloud-amd64_*.deb Depends | grep -o 'linux-image-[^ ,]*-cloud-amd64' | head -1)
-        ls "${dep}"_*.deb >/dev/null 2>&1 || apt-get download "$dep"
-        dpkg -x "${dep}"_*.deb root
-    ) >"$T/fetch.log" 2>&1
-}
-KERNEL=$(ls "$CACHE"/root/boot/vmlinuz-* 2>/dev/null | head -1 || true)
-if [ -z "$KERNEL" ]; then
-    if ! timeout 300 bash -c "$(declare -f fetch_kernel); CACHE=$CACHE T=$T fetch_kernel"; then
-        skip "could not fetch linux-image-cloud-amd64 with apt-get download"
-        diag <"$T/fetch.log"
-        finish
-    fi
-    KERNEL=$(ls "$CACHE"/root/boot/vmlinuz-* | head -1)
+if ! KERNEL=$(timeout 300 "$ROOT/scripts/guest-linux.sh" --kernel-only 2>"$T/fetch.err"); then
+    skip "could not fetch linux-image-cloud-amd64: $(head -1 "$T/fetch.err")"
+    finish
 fi
 echo "# kernel: $KERNEL"
 
