@@ -73,12 +73,23 @@ $(BUILD)/tests/test-%: $(BUILD)/obj/tests/unit/test-%.o $(BUILD)/obj/tests/unit/
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $< $(BUILD)/obj/tests/unit/harness.o $(LIB_OBJS) $(LDLIBS)
 
-# vessel-vmm links the archive with --as-needed: only the objects and shared libraries it uses
-# (no libxml2/ICU/libstdc++/OpenSSL/SQLite), which halves the dynamic loader's share of start-up.
-# Safe because the image drivers are reached through img.c's static table, not constructors.
+# vessel-vmm links the archive, so only the objects it uses come in (no libxml2/ICU/OpenSSL/
+# SQLite). Safe because the image drivers are reached through img.c's static table, not
+# constructors. The optimised build links statically (static-pie, Debian's .a libraries): one
+# mapping instead of twelve shared objects, no dynamic loader at exec, and about half the RSS of
+# each VM process — what Firecracker does with musl. The sanitizer build can't be static, so it
+# links the shared libraries --as-needed.
+# A static link names exactly the libraries the VMM's objects use (libmnl ships no .a).
+ifeq ($(SANITIZE),1)
+  VMM_LINK := -Wl,--as-needed
+  VMM_LIBS := $(LDLIBS)
+else
+  VMM_LINK := -static-pie
+  VMM_LIBS := -ljson-c -lzstd -lz -lext2fs -lcom_err -llz4 -llzma -lbz2 -lpthread -lm
+endif
 $(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(BUILD)/libvessel.a
 	@mkdir -p $(dir $@)
-	$(CC) $(LDFLAGS) -Wl,--as-needed -o $@ $(VMM_OBJS) $(BUILD)/libvessel.a $(LDLIBS)
+	$(CC) $(LDFLAGS) $(VMM_LINK) -o $@ $(VMM_OBJS) $(BUILD)/libvessel.a $(VMM_LIBS)
 
 $(BUILD)/bin/vesseld: $(VESSELD_OBJS) $(LIB_OBJS)
 	@mkdir -p $(dir $@)
