@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -38,10 +39,13 @@ static int fail(const char *msg)
     return 1;
 }
 
-/* One API call. On an HTTP error prints the daemon's message and returns 1; *out (may be NULL)
- * gets the parsed JSON of a 2xx reply, *text the raw body. */
-static int call(struct cli *c, const char *method, const char *path, const char *type,
-                const char *body, json_object **out, char **text)
+/* One API call to the daemon at socket. On an HTTP error prints the daemon's message and returns
+ * 1; *out (may be NULL) gets the parsed JSON of a 2xx reply, *text the raw body. Shared with
+ * src/cli-pool.c. */
+int cli_api_call(const char *socket, const char *method, const char *path, const char *type,
+                 const char *body, json_object **out, char **text);
+int cli_api_call(const char *socket, const char *method, const char *path, const char *type,
+                 const char *body, json_object **out, char **text)
 {
     int status = 0;
     char *resp = NULL;
@@ -50,7 +54,7 @@ static int call(struct cli *c, const char *method, const char *path, const char 
         *out = NULL;
     if (text)
         *text = NULL;
-    int err = mgmt_client_request(c->socket, method, path, type, body, body ? strlen(body) : 0,
+    int err = mgmt_client_request(socket, method, path, type, body, body ? strlen(body) : 0,
                                   &status, &resp, &len);
     if (err)
         return fail(vs_error_message());
@@ -72,6 +76,30 @@ static int call(struct cli *c, const char *method, const char *path, const char 
     else
         free(resp);
     return 0;
+}
+
+static int call(struct cli *c, const char *method, const char *path, const char *type,
+                const char *body, json_object **out, char **text)
+{
+    return cli_api_call(c->socket, method, path, type, body, out, text);
+}
+
+/* TEXT percent-encoded for a query value (malloc'd). Shared with src/cli-pool.c. */
+char *cli_query_escape(const char *text);
+char *cli_query_escape(const char *text)
+{
+    char *out = malloc(strlen(text) * 3 + 1);
+    if (!out)
+        return NULL;
+    size_t o = 0;
+    for (const char *p = text; *p; p++) {
+        if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-/", *p))
+            out[o++] = *p;
+        else
+            o += (size_t)snprintf(out + o, 4, "%%%02X", (unsigned char)*p);
+    }
+    out[o] = 0;
+    return out;
 }
 
 static void print_json(json_object *o)
@@ -129,14 +157,16 @@ static int absolutise(char **field, const char *dir)
     return 0;
 }
 
-static int verb_define(struct cli *c, const char *file)
+/* Define the VM in file. Relative paths in it are made absolute against base_dir (NULL: the
+ * file's own directory). */
+static int verb_define(struct cli *c, const char *file, const char *base_dir)
 {
     struct vm_def *def = NULL;
     if (vm_def_parse_file(file, &def))
         return fail(vs_error_message());
     char real[PATH_MAX], dirbuf[PATH_MAX];
     snprintf(dirbuf, sizeof(dirbuf), "%s", file);
-    const char *dir = realpath(dirname(dirbuf), real) ? real : ".";
+    const char *dir = base_dir ? base_dir : realpath(dirname(dirbuf), real) ? real : ".";
     int err = absolutise(&def->kernel, dir) || absolutise(&def->initrd, dir) ||
               absolutise(&def->console_path, dir);
     for (size_t i = 0; i < def->disk_count && !err; i++)
@@ -150,21 +180,15 @@ static int verb_define(struct cli *c, const char *file)
         vm_def_free(def);
         return fail("out of memory");
     }
-    char base[PATH_MAX], enc[PATH_MAX * 3];
+    char base[PATH_MAX];
     snprintf(base, sizeof(base), "%s", file);
-    const char *b = basename(base);
-    size_t o = 0;
-    for (const char *p = b; *p && o + 4 < sizeof(enc); p++) {
-        if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-", *p))
-            enc[o++] = *p;
-        else
-            o += (size_t)snprintf(enc + o, 4, "%%%02X", (unsigned char)*p);
-    }
-    enc[o] = 0;
+    char *enc = cli_query_escape(basename(base));
     /* a file without uuid redefines the VM under the uuid it has */
-    char *path = vs_asprintf("/v1/vms?source=%s%s", enc, def->uuid_line ? "" : "&keep_uuid=1");
-    json_object *reply;
-    int rc = call(c, "POST", path, "text/plain", text, &reply, NULL);
+    char *path =
+        enc ? vs_asprintf("/v1/vms?source=%s%s", enc, def->uuid_line ? "" : "&keep_uuid=1") : NULL;
+    free(enc);
+    json_object *reply = NULL;
+    int rc = path ? call(c, "POST", path, "text/plain", text, &reply, NULL) : fail("out of memory");
     free(path);
     free(text);
     if (rc == 0) {
@@ -176,6 +200,197 @@ static int verb_define(struct cli *c, const char *file)
     }
     json_object_put(reply);
     vm_def_free(def);
+    return rc;
+}
+
+static char *read_whole_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            char *bigger = realloc(buf, cap);
+            if (!bigger) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = bigger;
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0)
+            break;
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (failed) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Run $VISUAL, else $EDITOR, else vi on file the way git does: through sh, so the variable may
+ * carry arguments ("emacs -nw", "sed -i s/a/b/"). Returns the editor's exit status or -1. */
+static int run_editor(const char *file)
+{
+    const char *editor = getenv("VISUAL");
+    if (!editor || !editor[0])
+        editor = getenv("EDITOR");
+    if (!editor || !editor[0])
+        editor = "vi";
+    char *command = vs_asprintf("%s \"$@\"", editor);
+    if (!command)
+        return -1;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/bin/sh", "sh", "-c", command, editor, file, (char *)NULL);
+        _exit(127);
+    }
+    free(command);
+    int status;
+    if (pid < 0 || waitpid(pid, &status, 0) < 0)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Ask on the terminal; false when there is no terminal to ask (non-interactive use). */
+static bool ask_yes(const char *question)
+{
+    if (!isatty(0))
+        return false;
+    fprintf(stderr, "%s [y/n] ", question);
+    char answer[16];
+    if (!fgets(answer, sizeof(answer), stdin))
+        return false;
+    return answer[0] == 'y' || answer[0] == 'Y';
+}
+
+/* vessel edit NAME: the definition in an editor, defined again when it changed and is valid. */
+static int verb_edit(struct cli *c, const char *name)
+{
+    char *path = vs_asprintf("/v1/vms/%s/definition?format=vessel", name);
+    char *original = NULL;
+    int rc = path ? call(c, "GET", path, NULL, NULL, NULL, &original) : fail("out of memory");
+    free(path);
+    if (rc)
+        return rc;
+    const char *tmp = getenv("TMPDIR");
+    char *file = vs_asprintf("%s/vessel-edit-%s-XXXXXX.vm", tmp && tmp[0] ? tmp : "/tmp", name);
+    int fd = file ? mkstemps(file, 3) : -1;
+    size_t olen = strlen(original);
+    if (fd < 0 || write(fd, original, olen) != (ssize_t)olen) {
+        fprintf(stderr, "vessel: %s: %s\n", file ? file : "temporary file", strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(file);
+        }
+        free(file);
+        free(original);
+        return 1;
+    }
+    close(fd);
+    char cwd[PATH_MAX];
+    const char *base = getcwd(cwd, sizeof(cwd)) ? cwd : "/";
+    for (;;) {
+        int status = run_editor(file);
+        if (status != 0) {
+            fprintf(stderr, "vessel: the editor failed (status %d); definition of %s unchanged\n",
+                    status, name);
+            rc = 1;
+            break;
+        }
+        size_t len = 0;
+        char *edited = read_whole_file(file, &len);
+        if (!edited) {
+            fprintf(stderr, "vessel: %s: %s\n", file, strerror(errno));
+            rc = 1;
+            break;
+        }
+        bool same = len == olen && !memcmp(edited, original, len);
+        free(edited);
+        if (same) {
+            if (c->json)
+                printf("{\"name\":\"%s\",\"changed\":false}\n", name);
+            else
+                printf("no changes to VM %s\n", name);
+            rc = 0;
+            break;
+        }
+        /* the name is the VM's identity here: a new name would define a second VM */
+        struct vm_def *def = NULL;
+        if (vm_def_parse_file(file, &def) == 0 && strcmp(def->name, name)) {
+            fprintf(stderr,
+                    "vessel: %s: line %d: name: edit can't rename VM '%s' to '%s' (use "
+                    "clone)\n",
+                    file, def->name_line, name, def->name);
+            rc = 1;
+        } else {
+            rc = verb_define(c, file, base);
+        }
+        vm_def_free(def);
+        if (rc == 0)
+            break;
+        if (!ask_yes("Edit again?")) {
+            fprintf(stderr, "vessel: definition of %s unchanged\n", name);
+            break;
+        }
+    }
+    unlink(file);
+    free(file);
+    free(original);
+    return rc;
+}
+
+/* vessel template NAME (GOLD | --pool P --name VOL) [--compress] */
+static int verb_template(struct cli *c, const char *name, const char *gold, const char *pool,
+                         const char *volume, bool compress)
+{
+    if (!gold == !pool || (pool && !volume) || (gold && volume))
+        return fail("template NAME GOLD.qcow2, or template NAME --pool POOL --name VOLUME");
+    char *query = NULL;
+    if (gold) {
+        char cwd[PATH_MAX];
+        char *abs = gold[0] == '/'                     ? vs_strdup(gold)
+                    : getcwd(cwd, sizeof(cwd)) != NULL ? vs_asprintf("%s/%s", cwd, gold)
+                                                       : NULL;
+        char *enc = abs ? cli_query_escape(abs) : NULL;
+        query = enc ? vs_asprintf("path=%s", enc) : NULL;
+        free(enc);
+        free(abs);
+    } else {
+        char *ep = cli_query_escape(pool), *ev = cli_query_escape(volume);
+        query = ep && ev ? vs_asprintf("pool=%s&name=%s", ep, ev) : NULL;
+        free(ep);
+        free(ev);
+    }
+    char *path =
+        query ? vs_asprintf("/v1/vms/%s/template?%s%s", name, query, compress ? "&compress=1" : "")
+              : NULL;
+    free(query);
+    json_object *o = NULL;
+    int rc = path ? call(c, "POST", path, NULL, "", &o, NULL) : fail("out of memory");
+    free(path);
+    if (rc == 0) {
+        if (c->json) {
+            print_json(o);
+        } else {
+            char vsize[32], used[32];
+            vs_format_size((uint64_t)jint(o, "virtual_size"), vsize, sizeof(vsize));
+            vs_format_size((uint64_t)jint(o, "disk_usage"), used, sizeof(used));
+            printf("template of VM %s written to %s (qcow2%s, virtual size %s, %s on disk)\n", name,
+                   jstr(o, "path"), compress ? ", compressed" : "", vsize, used);
+        }
+    }
+    json_object_put(o);
     return rc;
 }
 
@@ -535,6 +750,27 @@ static int read_token_file(const char *path, char *out, size_t len)
     return 0;
 }
 
+/* --connect, --token-file, --cacert → the daemon's address and the TLS settings. Shared with
+ * src/cli-pool.c. Returns 0, or 1 after printing the error. */
+int cli_connect_setup(const char *connect, const char *token_file, const char *cacert,
+                      const char **socket);
+int cli_connect_setup(const char *connect, const char *token_file, const char *cacert,
+                      const char **socket)
+{
+    *socket = mgmt_client_socket_path(connect);
+    if (token_file || cacert) {
+        char token[512];
+        if (token_file && read_token_file(token_file, token, sizeof(token)))
+            return 1;
+        int err = mgmt_client_set_tls(cacert, token_file ? token : NULL);
+        if (token_file)
+            explicit_bzero(token, sizeof(token));
+        if (err)
+            return fail(vs_error_message());
+    }
+    return 0;
+}
+
 static void usage(FILE *out, const char *verb)
 {
     fprintf(out,
@@ -546,8 +782,8 @@ static void usage(FILE *out, const char *verb)
             "  undefine NAME                   remove a shut-off VM's definition\n"
             "  list [--all]                    running VMs (all with --all)\n"
             "  info NAME | stats NAME          state and settings | CPU, memory, device counters\n"
-            "  start NAME [--paused]           start (paused before the first instruction "
-            "runs long)\n"
+            "  start NAME [--paused] [--console]   start (paused before the first instruction "
+            "runs long); then attach the console\n"
             "  shutdown NAME [--timeout N]     ACPI power button; destroy after N s\n"
             "  destroy | reboot | pause | resume NAME\n"
             "  dumpdef NAME [--format vessel|libvirt]\n"
@@ -555,6 +791,11 @@ static void usage(FILE *out, const char *verb)
             "  clone NAME NEW [--copy]         new uuid and MACs; qcow2 overlays or full copies\n"
             "  snapshot create|list|revert|delete NAME [SNAP]   external qcow2 overlays\n"
             "  console NAME                    serial console (Ctrl-] leaves)\n"
+            "  edit NAME                       the definition in $VISUAL/$EDITOR/vi, defined "
+            "again when valid\n"
+            "  template NAME GOLD.qcow2 | template NAME --pool POOL --name VOLUME [--compress]\n"
+            "                                  the first writable disk as a standalone qcow2 "
+            "(gold image)\n"
             "  events [--since ID]             follow state changes (one line each)\n",
             MGMT_DEFAULT_STATE_DIR, MGMT_SOCKET_NAME);
     (void)verb;
@@ -568,13 +809,15 @@ int cli_vm_main(int argc, char **argv)
         {"timeout", required_argument, NULL, 't'}, {"format", required_argument, NULL, 'f'},
         {"copy", no_argument, NULL, 'C'},          {"token-file", required_argument, NULL, 'T'},
         {"cacert", required_argument, NULL, 'A'},  {"since", required_argument, NULL, 'S'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},          {"console", no_argument, NULL, 'O'},
+        {"pool", required_argument, NULL, 'P'},    {"name", required_argument, NULL, 'N'},
+        {"compress", no_argument, NULL, 'Z'},      {NULL, 0, NULL, 0},
     };
     const char *verb = argv[0];
     struct cli c = {0};
     const char *connect = NULL, *format = "vessel", *token_file = NULL, *cacert = NULL,
-               *since = NULL;
-    bool all = false, paused = false, copy = false;
+               *since = NULL, *pool = NULL, *volume = NULL;
+    bool all = false, paused = false, copy = false, console = false, compress = false;
     long timeout = -1;
     int opt;
     optind = 1;
@@ -614,6 +857,18 @@ int cli_vm_main(int argc, char **argv)
         case 'S':
             since = optarg;
             break;
+        case 'O':
+            console = true;
+            break;
+        case 'P':
+            pool = optarg;
+            break;
+        case 'N':
+            volume = optarg;
+            break;
+        case 'Z':
+            compress = true;
+            break;
         case 'h':
             usage(stdout, verb);
             return 0;
@@ -622,17 +877,8 @@ int cli_vm_main(int argc, char **argv)
             return 1;
         }
     }
-    c.socket = mgmt_client_socket_path(connect);
-    if (token_file || cacert) {
-        char token[512];
-        if (token_file && read_token_file(token_file, token, sizeof(token)))
-            return 1;
-        int err = mgmt_client_set_tls(cacert, token_file ? token : NULL);
-        if (token_file)
-            explicit_bzero(token, sizeof(token));
-        if (err)
-            return fail(vs_error_message());
-    }
+    if (cli_connect_setup(connect, token_file, cacert, &c.socket))
+        return 1;
     /* GNU getopt permutes: options may follow the operands (`vessel start web1 --paused`) */
     char **ops = argv + optind;
     int nops = argc - optind;
@@ -644,7 +890,7 @@ int cli_vm_main(int argc, char **argv)
         {"start", 1, 1},  {"shutdown", 1, 1}, {"destroy", 1, 1},  {"reboot", 1, 1},
         {"pause", 1, 1},  {"resume", 1, 1},   {"dumpdef", 1, 1},  {"autostart", 2, 2},
         {"stats", 1, 1},  {"clone", 2, 2},    {"snapshot", 2, 3}, {"console", 1, 1},
-        {"events", 0, 0},
+        {"events", 0, 0}, {"edit", 1, 1},     {"template", 1, 2},
     };
     for (size_t i = 0; i < VS_ARRAY_SIZE(arity); i++) {
         if (strcmp(verb, arity[i].name))
@@ -655,7 +901,7 @@ int cli_vm_main(int argc, char **argv)
             return 1;
         }
         if (!strcmp(verb, "define"))
-            return verb_define(&c, ops[0]);
+            return verb_define(&c, ops[0], NULL);
         if (!strcmp(verb, "undefine")) {
             char *path = vm_path(ops[0], NULL);
             json_object *o;
@@ -670,9 +916,11 @@ int cli_vm_main(int argc, char **argv)
             return verb_list(&c, all);
         if (!strcmp(verb, "info"))
             return verb_info(&c, ops[0]);
-        if (!strcmp(verb, "start"))
-            return verb_action(&c, ops[0], "start", paused ? "paused=1" : NULL,
-                               paused ? "started (paused)" : "started");
+        if (!strcmp(verb, "start")) {
+            int rc = verb_action(&c, ops[0], "start", paused ? "paused=1" : NULL,
+                                 paused ? "started (paused)" : "started");
+            return rc || !console ? rc : verb_console(&c, ops[0]);
+        }
         if (!strcmp(verb, "shutdown"))
             return verb_shutdown(&c, ops[0], timeout);
         if (!strcmp(verb, "destroy"))
@@ -707,6 +955,10 @@ int cli_vm_main(int argc, char **argv)
             return verb_console(&c, ops[0]);
         if (!strcmp(verb, "events"))
             return verb_events(&c, since);
+        if (!strcmp(verb, "edit"))
+            return verb_edit(&c, ops[0]);
+        if (!strcmp(verb, "template"))
+            return verb_template(&c, ops[0], nops > 1 ? ops[1] : NULL, pool, volume, compress);
     }
     fprintf(stderr, "vessel: unknown VM verb '%s'\n", verb);
     return 1;

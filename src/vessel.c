@@ -17,6 +17,7 @@ int cli_img_main(int argc, char **argv);
 int cli_host_main(int argc, char **argv);
 int cli_vm_main(int argc, char **argv); /* src/cli-vm.c: argv[0] is the verb */
 int cli_net_main(int argc, char **argv);
+int cli_pool_main(int argc, char **argv); /* src/cli-pool.c: argv[0] is pool or vol */
 int cli_guest_main(int argc, char **argv);
 int cli_export_main(int argc, char **argv); /* src/cli-appliance.c */
 int cli_import_main(int argc, char **argv);
@@ -35,7 +36,7 @@ static const struct vessel_command vessel_commands[] = {
     {"undefine", cli_vm_main, "remove a shut-off VM's definition"},
     {"list", cli_vm_main, "list VMs (--all: also shut off)"},
     {"info", cli_vm_main, "a VM's state and settings"},
-    {"start", cli_vm_main, "start a VM (--paused)"},
+    {"start", cli_vm_main, "start a VM (--paused, --console: then attach its console)"},
     {"shutdown", cli_vm_main, "press a VM's power button (--timeout N: then destroy)"},
     {"destroy", cli_vm_main, "pull a VM's plug"},
     {"reboot", cli_vm_main, "reset a VM (its on_reboot policy decides)"},
@@ -48,6 +49,10 @@ static const struct vessel_command vessel_commands[] = {
     {"snapshot", cli_vm_main, "external qcow2 snapshots: create|list|revert|delete"},
     {"console", cli_vm_main, "attach to a VM's serial console"},
     {"events", cli_vm_main, "follow vesseld's event stream (--json, --since ID)"},
+    {"edit", cli_vm_main, "edit a VM's definition in $VISUAL/$EDITOR, define it when valid"},
+    {"template", cli_vm_main, "a shut-off VM's first disk as a standalone gold qcow2"},
+    {"pool", cli_pool_main, "storage pools (directories): define|list|info|undefine"},
+    {"vol", cli_pool_main, "volumes in a pool: create|list|delete|resize"},
     {"net", cli_net_main, "virtual networks: bridges, NAT with DHCP, VXLAN; taps for VMs"},
     {"guest", cli_guest_main, "files, partitions and boot entries of guest disks"},
     {"export", cli_export_main, "a VM definition as an OVF/OVA appliance"},

@@ -24,7 +24,7 @@
 
 #define MGMT_DEFAULT_STATE_DIR "/var/lib/vessel"
 #define MGMT_SOCKET_NAME       "vesseld.sock"
-#define MGMT_SCHEMA_VERSION    1
+#define MGMT_SCHEMA_VERSION    2
 
 /* ---- store (lib/mgmt/store.c) ---------------------------------------------------------------- */
 
@@ -98,6 +98,19 @@ int mgmt_store_snapshot_get(struct mgmt_store *store, const char *vm, const char
 int mgmt_store_snapshot_delete(struct mgmt_store *store, const char *vm, const char *snap);
 int mgmt_store_snapshot_list(struct mgmt_store *store, const char *vm, char ***names,
                              size_t *count);
+/* Storage pools: a name and a directory (its volumes are the files in it). */
+struct mgmt_pool_record {
+    char name[65];
+    char path[4096];
+    int64_t created_at; /* unix seconds */
+};
+/* -EEXIST when the name or the path already belongs to a pool (the message names it). */
+int mgmt_store_pool_define(struct mgmt_store *store, const char *name, const char *path);
+/* Forgets the pool (its files stay); -ENOENT unknown. */
+int mgmt_store_pool_undefine(struct mgmt_store *store, const char *name);
+int mgmt_store_pool_get(struct mgmt_store *store, const char *name, struct mgmt_pool_record *out);
+/* All pools ordered by name; *out is malloc'd (free it). */
+int mgmt_store_pool_list(struct mgmt_store *store, struct mgmt_pool_record **out, size_t *count);
 /* PRAGMA integrity_check == "ok": 0, else -EIO with the first complaint. */
 int mgmt_store_check(struct mgmt_store *store);
 

@@ -67,6 +67,89 @@ static void reply_ok(struct api_reply *r, int err)
     json_object_object_add(r->json, "ok", json_object_new_boolean(1));
 }
 
+/* A handler's JSON answer: status on success, the error otherwise. (Call the handler first: the
+ * order in which arguments are evaluated is unspecified, so o must already be set.) */
+static void reply_json(struct api_reply *r, int err, json_object *o, int status)
+{
+    if (err) {
+        json_object_put(o);
+        reply_error(r, err);
+        return;
+    }
+    r->status = status;
+    r->json = o;
+}
+
+static bool query_flag(const char *query, const char *key)
+{
+    char arg[16];
+    return mgmt_http_query_get(query, key, arg, sizeof(arg)) && strcmp(arg, "0") &&
+           strcmp(arg, "false") && strcmp(arg, "no");
+}
+
+/* /v1/pools[/POOL[/volumes[/VOL[/resize]]]] */
+static void route_pools(struct mgmt_daemon *d, const struct mgmt_http_request *req, char **seg,
+                        size_t n, struct api_reply *r)
+{
+    const char *m = req->method;
+    bool get = !strcmp(m, "GET"), post = !strcmp(m, "POST"), del = !strcmp(m, "DELETE");
+    char name[256], path[1024], size_text[64], format[32], backing[1024];
+    json_object *o = NULL;
+    int err = 0;
+    if (n == 2 && get) {
+        err = mgmt_pool_list(d, &o);
+        reply_json(r, err, o, 200);
+    } else if (n == 2 && post) {
+        if (!mgmt_http_query_get(req->query, "name", name, sizeof(name)) ||
+            !mgmt_http_query_get(req->query, "path", path, sizeof(path)))
+            reply_error(r, vs_error(-EINVAL, "pool define: name=NAME and path=DIR required"));
+        else if (!(err = mgmt_pool_define(d, name, path, &o)))
+            reply_json(r, err, o, 201);
+        else
+            reply_error(r, err);
+    } else if (n == 3 && get) {
+        err = mgmt_pool_info(d, seg[2], &o);
+        reply_json(r, err, o, 200);
+    } else if (n == 3 && del) {
+        reply_ok(r, mgmt_pool_undefine(d, seg[2]));
+    } else if (n < 4 || strcmp(seg[3], "volumes")) {
+        r->status = 404;
+    } else if (n == 4 && get) {
+        err = mgmt_volume_list(d, seg[2], &o);
+        reply_json(r, err, o, 200);
+    } else if (n == 4 && post) {
+        struct mgmt_volume_params p = {.pool = seg[2], .name = name};
+        err = 0;
+        if (!mgmt_http_query_get(req->query, "name", name, sizeof(name)))
+            err = vs_error(-EINVAL, "volume create: name=NAME required");
+        if (!err && mgmt_http_query_get(req->query, "size", size_text, sizeof(size_text))) {
+            p.size_given = true;
+            err = vs_parse_size(size_text, &p.size);
+        }
+        if (mgmt_http_query_get(req->query, "format", format, sizeof(format)))
+            p.format = format;
+        if (mgmt_http_query_get(req->query, "backing", backing, sizeof(backing)))
+            p.backing = backing;
+        if (!err)
+            err = mgmt_volume_create(d, &p, &o);
+        reply_json(r, err, o, 201);
+    } else if (n == 5 && del) {
+        reply_ok(r, mgmt_volume_delete(d, seg[2], seg[4]));
+    } else if (n == 6 && post && !strcmp(seg[5], "resize")) {
+        uint64_t size = 0;
+        err = 0;
+        if (!mgmt_http_query_get(req->query, "size", size_text, sizeof(size_text)))
+            err = vs_error(-EINVAL, "volume resize: size=SIZE required");
+        else
+            err = vs_parse_size(size_text, &size);
+        if (!err)
+            err = mgmt_volume_resize(d, seg[2], seg[4], size, query_flag(req->query, "shrink"), &o);
+        reply_json(r, err, o, 200);
+    } else {
+        r->status = 404;
+    }
+}
+
 static json_object *record_json(struct mgmt_daemon *d, const struct mgmt_vm_record *rec,
                                 bool details)
 {
@@ -312,6 +395,8 @@ static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, co
         r->status = 404;
     } else if (n == 2 && !strcmp(seg[1], "ping") && get) {
         reply_ok(r, 0);
+    } else if (!strcmp(seg[1], "pools")) {
+        route_pools(d, req, seg, n, r);
     } else if (strcmp(seg[1], "vms")) {
         r->status = 404;
     } else if (n == 2 && get) {
@@ -355,6 +440,17 @@ static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, co
                 reply_error(r, vs_error(-EINVAL, "clone: name=NEW required"));
             else
                 reply_ok(r, mgmt_vm_clone(d, vm, arg, !strcmp(mode, "copy")));
+        } else if (!strcmp(a, "template")) {
+            char pool[128], volume[256], file[1024];
+            bool in_pool = mgmt_http_query_get(req->query, "pool", pool, sizeof(pool));
+            bool named = mgmt_http_query_get(req->query, "name", volume, sizeof(volume));
+            bool at = mgmt_http_query_get(req->query, "path", file, sizeof(file));
+            json_object *o = NULL;
+            int err = in_pool == at ? vs_error(-EINVAL, "template: pool=POOL&name=VOL or path=FILE")
+                                    : mgmt_vm_template(d, vm, in_pool ? pool : NULL,
+                                                       named ? volume : NULL, at ? file : NULL,
+                                                       query_flag(req->query, "compress"), &o);
+            reply_json(r, err, o, 201);
         } else if (!strcmp(a, "snapshots")) {
             if (!mgmt_http_query_get(req->query, "name", arg, sizeof(arg)) || !arg[0])
                 reply_error(r, vs_error(-EINVAL, "snapshot: name=SNAP required"));

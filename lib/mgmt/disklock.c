@@ -126,3 +126,25 @@ int mgmt_disks_claim_definition(struct mgmt_daemon *d, const char *vm, bool forc
     vm_def_free(def);
     return err;
 }
+
+bool mgmt_disks_holder(struct mgmt_daemon *d, const char *file, char *vm, size_t vm_len,
+                       bool *writable)
+{
+    struct stat st;
+    if (stat(file, &st) < 0)
+        return false;
+    bool found = false;
+    pthread_mutex_lock(&d->claims_lock);
+    for (struct mgmt_disk_claim *c = d->claims; c; c = c->next) {
+        if (c->dev != st.st_dev || c->ino != st.st_ino)
+            continue;
+        /* a writer is the more useful name to report */
+        if (!found || c->writable) {
+            snprintf(vm, vm_len, "%s", c->vm);
+            *writable = c->writable;
+        }
+        found = true;
+    }
+    pthread_mutex_unlock(&d->claims_lock);
+    return found;
+}

@@ -53,6 +53,7 @@ int mgmt_tls_accept(SSL_CTX *ctx, struct mgmt_conn *c);
 /* Connect to HOST:PORT and complete a verified TLS handshake. */
 int mgmt_tls_connect(const char *spec, const char *cacert, struct mgmt_conn *c);
 
+struct json_object;     /* json-c */
 struct mgmt_hooks;      /* hooks.c */
 struct mgmt_disk_claim; /* disklock.c */
 
@@ -116,6 +117,9 @@ int mgmt_disks_claim(struct mgmt_daemon *d, const char *vm, const struct vm_def 
 int mgmt_disks_claim_definition(struct mgmt_daemon *d, const char *vm, bool force);
 void mgmt_disks_release(struct mgmt_daemon *d, const char *vm);
 void mgmt_disks_release_all(struct mgmt_daemon *d);
+/* Whether a running VM claims file (by identity): its name into vm, and whether it writes it. */
+bool mgmt_disks_holder(struct mgmt_daemon *d, const char *file, char *vm, size_t vm_len,
+                       bool *writable);
 
 /* hooks.c: executables in DIR/hooks/ run for each lifecycle event, one at a time, off the
  * committing thread, killed after timeout_s; output to DIR/log/hooks.log. */
@@ -127,5 +131,40 @@ void mgmt_hooks_stop(
 int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy);
 int mgmt_vm_snapshot_create(struct mgmt_daemon *d, const char *name, const char *snap);
 int mgmt_vm_snapshot_revert(struct mgmt_daemon *d, const char *name, const char *snap);
+/* A gold image: the first writable disk of a shut-off VM, its whole chain converted into one
+ * standalone qcow2 at path (absolute), or as volume `volume` of pool `pool` when pool is set. Never
+ * overwrites a file. *out: {vm, disk, path, format, virtual_size, disk_usage}. */
+int mgmt_vm_template(struct mgmt_daemon *d, const char *name, const char *pool, const char *volume,
+                     const char *path, bool compress, struct json_object **out);
+
+/* pool.c: storage pools (directories in the store) and their volumes (the files in them). Every
+ * answer is a JSON object (*out, a new reference). */
+struct mgmt_volume_params {
+    const char *pool, *name;
+    uint64_t size;
+    bool size_given;     /* false: the backing file's size */
+    const char *format;  /* NULL: qcow2 */
+    const char *backing; /* a volume of the same pool (bare name) or an absolute path; NULL none */
+};
+int mgmt_pool_define(struct mgmt_daemon *d, const char *name, const char *path,
+                     struct json_object **out);
+/* Refused (-EBUSY, naming the VM) while a defined VM uses one of its volumes; files stay. */
+int mgmt_pool_undefine(struct mgmt_daemon *d, const char *name);
+int mgmt_pool_list(struct mgmt_daemon *d, struct json_object **out);
+int mgmt_pool_info(struct mgmt_daemon *d, const char *name, struct json_object **out);
+/* The file of volume in pool (the name checked: no '/', no leading '.'). */
+int mgmt_pool_volume_path(struct mgmt_daemon *d, const char *pool, const char *volume, char *buf,
+                          size_t len);
+int mgmt_volume_list(struct mgmt_daemon *d, const char *pool, struct json_object **out);
+int mgmt_volume_create(struct mgmt_daemon *d, const struct mgmt_volume_params *params,
+                       struct json_object **out);
+/* Refused (-EBUSY, naming the user) while a defined VM's disk chain or another volume reads it. */
+int mgmt_volume_delete(struct mgmt_daemon *d, const char *pool, const char *name);
+/* Refused while a running VM holds it or something uses it as a backing file; shrinking only
+ * with shrink. */
+int mgmt_volume_resize(struct mgmt_daemon *d, const char *pool, const char *name, uint64_t size,
+                       bool shrink, struct json_object **out);
+/* Reserve path (O_EXCL): new images never overwrite an existing file. */
+int mgmt_reserve_file(const char *path);
 
 #endif

@@ -7,12 +7,17 @@
  * files. An overlay clone freezes the source's disks and gives *both* VMs an overlay, so neither
  * can write under the other's feet; a full clone copies each disk (img_convert). Read-only and
  * cdrom disks are shared as they are. Only shut-off VMs: the VMM cannot switch images live yet.
+ * A template (gold image) is the other direction: a VM's first writable disk, its chain flattened
+ * by img_convert into one standalone qcow2 that new VMs' overlays can share as a backing file.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
 
 #include "mgmt/mgmt-internal.h"
 #include "vessel/img.h"
@@ -225,5 +230,77 @@ int mgmt_vm_snapshot_revert(struct mgmt_daemon *d, const char *name, const char 
     free(text);
     vm_def_free(def);
     vm_def_free(at);
+    return err;
+}
+
+int mgmt_vm_template(struct mgmt_daemon *d, const char *name, const char *pool, const char *volume,
+                     const char *path, bool compress, struct json_object **out)
+{
+    char target[PATH_MAX + 256];
+    int err = 0;
+    if (pool) {
+        if (!volume || !volume[0])
+            return vs_error(-EINVAL, "template: a volume name is needed with a pool");
+        err = mgmt_pool_volume_path(d, pool, volume, target, sizeof(target));
+    } else if (!path || path[0] != '/') {
+        err = vs_error(-EINVAL, "template: the gold image's path must be absolute");
+    } else if (snprintf(target, sizeof(target), "%s", path) >= (int)sizeof(target)) {
+        err = vs_error(-ENAMETOOLONG, "template: path too long");
+    }
+    if (err)
+        return err;
+    struct mgmt_vm_runtime *rt;
+    struct vm_def *def = NULL;
+    if ((err = load_stopped(d, name, &rt, &def)))
+        return err;
+    const struct vm_disk *disk = NULL;
+    size_t index = 0;
+    for (size_t i = 0; i < def->disk_count && !disk; i++)
+        if (disk_is_writable(&def->disks[i]))
+            disk = &def->disks[index = i];
+    if (!disk) {
+        err = vs_error(-EINVAL, "VM '%s' has no writable disk to make a template of", name);
+        goto out;
+    }
+    /* the target is reserved first, so an existing file is never overwritten */
+    if ((err = mgmt_reserve_file(target)))
+        goto out;
+    struct img_convert_params p;
+    img_convert_params_init(&p);
+    const char *sources[1] = {disk->file};
+    p.sources = sources;
+    p.source_count = 1;
+    p.source_format = disk->format;
+    p.target = target;
+    p.target_format = "qcow2";
+    p.compress = compress;
+    if ((err = img_convert(&p))) {
+        vs_error_prefix(err, "template of VM '%s'", name);
+        unlink(target);
+        goto out;
+    }
+    struct img *img = NULL;
+    json_object *o = json_object_new_object();
+    json_object_object_add(o, "vm", json_object_new_string(name));
+    json_object_object_add(o, "disk", json_object_new_string(disk->file));
+    json_object_object_add(o, "disk_index", json_object_new_int64((int64_t)index));
+    json_object_object_add(o, "path", json_object_new_string(target));
+    json_object_object_add(o, "format", json_object_new_string("qcow2"));
+    json_object_object_add(o, "compressed", json_object_new_boolean(compress));
+    if (img_open(&img, target, "qcow2", IMG_OPEN_NO_BACKING) == 0) {
+        json_object_object_add(o, "virtual_size", json_object_new_int64((int64_t)img_size(img)));
+        int64_t used = img_allocated_size(img);
+        if (used >= 0)
+            json_object_object_add(o, "disk_usage", json_object_new_int64(used));
+        img_close(img);
+    }
+    vs_error_clear();
+    *out = o;
+    char detail[PATH_MAX + 300];
+    snprintf(detail, sizeof(detail), "%s", target);
+    mgmt_store_event(d->store, name, "template-created", detail);
+out:
+    pthread_mutex_unlock(&rt->lock);
+    vm_def_free(def);
     return err;
 }

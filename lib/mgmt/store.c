@@ -58,6 +58,13 @@ static const char *const schema_v1 =
     "  created_at INTEGER NOT NULL,"
     "  PRIMARY KEY (vm, name));";
 
+/* v2: storage pools. A pool is a directory; its volumes are the files in it (not rows), so a file
+ * copied in by hand is a volume too and nothing here can go stale. */
+static const char *const schema_v2 = "CREATE TABLE pools ("
+                                     "  name TEXT PRIMARY KEY,"
+                                     "  path TEXT NOT NULL UNIQUE,"
+                                     "  created_at INTEGER NOT NULL);";
+
 static int store_sql_error(struct mgmt_store *s, int rc, const char *what)
 {
     int err = -EIO;
@@ -164,6 +171,15 @@ int mgmt_store_open(const char *path, struct mgmt_store **out)
         err = store_exec(s, schema_v1);
         if (!err)
             err = store_exec(s, "PRAGMA user_version=1");
+        if ((err = store_end(s, err)))
+            goto fail;
+    }
+    if (version < 2) {
+        if ((err = store_begin(s)))
+            goto fail;
+        err = store_exec(s, schema_v2);
+        if (!err)
+            err = store_exec(s, "PRAGMA user_version=2");
         if ((err = store_end(s, err)))
             goto fail;
     }
@@ -621,4 +637,116 @@ int64_t mgmt_store_last_event_id(struct mgmt_store *s)
     }
     pthread_mutex_unlock(&s->lock);
     return id;
+}
+
+int mgmt_store_pool_define(struct mgmt_store *s, const char *name, const char *path)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err =
+              store_prepare(s, "SELECT name, path FROM pools WHERE name = ?1 OR path = ?2", &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            const char *other = (const char *)sqlite3_column_text(st, 0);
+            if (!strcmp(other, name))
+                err = vs_error(-EEXIST, "pool '%s' is already defined (path %s)", name,
+                               (const char *)sqlite3_column_text(st, 1));
+            else
+                err = vs_error(-EEXIST, "%s is already the directory of pool '%s'", path, other);
+        }
+        sqlite3_finalize(st);
+    }
+    if (!err && !(err = store_prepare(s,
+                                      "INSERT INTO pools (name, path, created_at)"
+                                      " VALUES (?1, ?2, ?3)",
+                                      &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, (int64_t)time(NULL));
+        err = store_step_done(s, st, "pool define");
+    }
+    if (err >= 0)
+        err = store_event_locked(s, "", "pool-defined", name);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_pool_undefine(struct mgmt_store *s, const char *name)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err = store_prepare(s, "DELETE FROM pools WHERE name = ?1", &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        err = store_step_done(s, st, "pool undefine");
+        if (err == 0)
+            err = vs_error(-ENOENT, "no pool named '%s'", name);
+    }
+    if (err >= 0)
+        err = store_event_locked(s, "", "pool-undefined", name);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+static void pool_from_row(sqlite3_stmt *st, struct mgmt_pool_record *p)
+{
+    memset(p, 0, sizeof(*p));
+    snprintf(p->name, sizeof(p->name), "%s", (const char *)sqlite3_column_text(st, 0));
+    snprintf(p->path, sizeof(p->path), "%s", (const char *)sqlite3_column_text(st, 1));
+    p->created_at = sqlite3_column_int64(st, 2);
+}
+
+int mgmt_store_pool_get(struct mgmt_store *s, const char *name, struct mgmt_pool_record *out)
+{
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err = store_prepare(s, "SELECT name, path, created_at FROM pools WHERE name = ?1", &st);
+    if (!err) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            pool_from_row(st, out);
+        else if (rc == SQLITE_DONE)
+            err = vs_error(-ENOENT, "no pool named '%s'", name);
+        else
+            err = store_sql_error(s, rc, "pool get");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+int mgmt_store_pool_list(struct mgmt_store *s, struct mgmt_pool_record **out, size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st = NULL;
+    int err = store_prepare(s, "SELECT name, path, created_at FROM pools ORDER BY name", &st);
+    struct mgmt_pool_record *list = NULL;
+    size_t n = 0;
+    int rc = SQLITE_DONE;
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct mgmt_pool_record *bigger = realloc(list, (n + 1) * sizeof(*list));
+        if (!bigger) {
+            err = vs_error(-ENOMEM, "store: pool list: out of memory");
+            break;
+        }
+        list = bigger;
+        pool_from_row(st, &list[n++]);
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = store_sql_error(s, rc, "pool list");
+    if (st)
+        sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    if (err) {
+        free(list);
+        return err;
+    }
+    *out = list;
+    *count = n;
+    return 0;
 }

@@ -6,8 +6,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$ROOT/build/asan/bin/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
+export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
 PROBE=$ROOT/build/guest/probe.elf
 require_vessel
 for f in "$VESSELD" "$VESSEL_VMM"; do

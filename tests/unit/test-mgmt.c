@@ -5,12 +5,18 @@
  * losing no update) and the HTTP request parser against well-formed and hostile heads (bare LF,
  * obs-fold, chunked, duplicate or huge Content-Length, NUL bytes, oversized heads, traversal),
  * the event rows the stream and the hooks read (ids, notify after commit, lifecycle names), the
- * bearer-token comparison and the client's refusal to talk TLS without a token.
+ * bearer-token comparison and the client's refusal to talk TLS without a token; storage pools in
+ * the store (and the migration of a version-1 store to them) and the volume rules of pool.c
+ * (never overwrite, backing files and VM disks protected, running VMs named).
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <json-c/json.h>
+#include <sqlite3.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "mgmt/mgmt-internal.h"
@@ -356,4 +362,190 @@ TEST(auth_token_compare_and_header)
     CHECK(mgmt_client_request("tls:nonsense", "GET", "/v1/vms", NULL, NULL, 0, &status, &body,
                               &len) == -EINVAL);
     CHECK_OK(mgmt_client_set_tls(NULL, NULL));
+}
+
+TEST(store_pools_define_list_undefine)
+{
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    struct seen_events seen = {0};
+    mgmt_store_set_notify(s, count_event, &seen);
+    CHECK_OK(mgmt_store_pool_define(s, "images", "/srv/images"));
+    CHECK(seen.count == 1 && !strcmp(seen.last_event, "pool-defined"));
+    CHECK_OK(mgmt_store_pool_define(s, "archive", "/srv/archive"));
+    /* a name or a directory belongs to one pool only; the message names the owner */
+    CHECK(mgmt_store_pool_define(s, "images", "/srv/other") == -EEXIST);
+    CHECK(strstr(vs_error_message(), "/srv/images") != NULL);
+    CHECK(mgmt_store_pool_define(s, "again", "/srv/images") == -EEXIST);
+    CHECK(strstr(vs_error_message(), "'images'") != NULL);
+    CHECK(seen.count == 2); /* refused definitions tell nobody */
+    struct mgmt_pool_record rec;
+    CHECK_OK(mgmt_store_pool_get(s, "images", &rec));
+    CHECK(!strcmp(rec.path, "/srv/images") && rec.created_at > 0);
+    CHECK(mgmt_store_pool_get(s, "nope", &rec) == -ENOENT);
+    struct mgmt_pool_record *list;
+    size_t n;
+    CHECK_OK(mgmt_store_pool_list(s, &list, &n));
+    CHECK(n == 2 && !strcmp(list[0].name, "archive") && !strcmp(list[1].name, "images"));
+    free(list);
+    CHECK_OK(mgmt_store_pool_undefine(s, "archive"));
+    CHECK(seen.count == 3 && !strcmp(seen.last_event, "pool-undefined"));
+    CHECK(mgmt_store_pool_undefine(s, "archive") == -ENOENT);
+    mgmt_store_set_notify(s, NULL, NULL);
+    mgmt_store_close(s);
+    /* a restarted daemon sees the pools it had */
+    s = open_store();
+    if (!s)
+        return;
+    CHECK_OK(mgmt_store_pool_list(s, &list, &n));
+    CHECK(n == 1 && !strcmp(list[0].name, "images"));
+    free(list);
+    CHECK_OK(mgmt_store_check(s));
+    mgmt_store_close(s);
+}
+
+TEST(store_migrates_v1_to_pools)
+{
+    /* a store written by a vesseld before pools: schema version 1, no pools table */
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    CHECK_OK(mgmt_store_define(s, "old", "66666666-6666-4666-8666-666666666666", "name = old\n",
+                               false, false));
+    mgmt_store_close(s);
+    sqlite3 *db;
+    CHECK(sqlite3_open(test_path("vessel.db"), &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db, "DROP TABLE pools; PRAGMA user_version=1", NULL, NULL, NULL) ==
+          SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store();
+    if (!s)
+        return;
+    struct mgmt_vm_record rec;
+    CHECK_OK(mgmt_store_get(s, "old", &rec));
+    mgmt_vm_record_free(&rec);
+    CHECK_OK(mgmt_store_pool_define(s, "p", "/srv/p"));
+    mgmt_store_close(s);
+    CHECK(sqlite3_open(test_path("vessel.db"), &db) == SQLITE_OK);
+    sqlite3_stmt *st;
+    CHECK(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK);
+    CHECK(sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == MGMT_SCHEMA_VERSION);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+}
+
+/* A daemon with a store and no threads: enough for the pool and volume functions. */
+static struct mgmt_daemon *pool_daemon(void)
+{
+    struct mgmt_daemon *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    pthread_mutex_init(&d->claims_lock, NULL);
+    d->store = open_store();
+    if (!d->store) {
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static void pool_daemon_free(struct mgmt_daemon *d)
+{
+    mgmt_disks_release_all(d);
+    mgmt_store_close(d->store);
+    pthread_mutex_destroy(&d->claims_lock);
+    free(d);
+}
+
+static const char *volume_string(json_object *o, const char *key)
+{
+    json_object *v;
+    return o && json_object_object_get_ex(o, key, &v) && v ? json_object_get_string(v) : "";
+}
+
+static int64_t volume_int(json_object *o, const char *key)
+{
+    json_object *v;
+    return o && json_object_object_get_ex(o, key, &v) ? json_object_get_int64(v) : -1;
+}
+
+TEST(pool_volumes_create_use_delete)
+{
+    struct mgmt_daemon *d = pool_daemon();
+    if (!d)
+        return;
+    json_object *o = NULL;
+    char dir[4096];
+    snprintf(dir, sizeof(dir), "%s/pool", test_dir());
+    CHECK(mgmt_pool_define(d, "p", "relative/dir", &o) == -EINVAL);
+    CHECK_OK(mgmt_pool_define(d, "p", dir, &o)); /* the directory is created */
+    CHECK(!strcmp(volume_string(o, "state"), "available") && volume_int(o, "volumes") == 0 &&
+          volume_int(o, "capacity") > 0);
+    json_object_put(o);
+    struct mgmt_volume_params raw = {
+        .pool = "p", .name = "base.raw", .format = "raw", .size = 4 << 20, .size_given = true};
+    CHECK_OK(mgmt_volume_create(d, &raw, &o));
+    CHECK(!strcmp(volume_string(o, "format"), "raw") && volume_int(o, "virtual_size") == 4 << 20);
+    json_object_put(o);
+    CHECK(mgmt_volume_create(d, &raw, &o) == -EEXIST); /* never overwritten */
+    struct mgmt_volume_params bad = {.pool = "p", .name = "../x", .size = 1, .size_given = true};
+    CHECK(mgmt_volume_create(d, &bad, &o) == -EINVAL);
+    struct mgmt_volume_params over = {.pool = "p", .name = "top.qcow2", .backing = "base.raw"};
+    CHECK_OK(mgmt_volume_create(d, &over, &o)); /* qcow2 by default, size from the backing */
+    CHECK(!strcmp(volume_string(o, "format"), "qcow2") &&
+          volume_int(o, "virtual_size") == 4 << 20 &&
+          !strcmp(volume_string(o, "backing"), "base.raw"));
+    json_object_put(o);
+    struct mgmt_volume_params rawb = {
+        .pool = "p", .name = "b.raw", .format = "raw", .backing = "base.raw"};
+    CHECK(mgmt_volume_create(d, &rawb, &o) == -EINVAL);
+    /* base.raw is top.qcow2's backing file: not deletable, not resizable */
+    CHECK(mgmt_volume_delete(d, "p", "base.raw") == -EBUSY);
+    CHECK(strstr(vs_error_message(), "top.qcow2") != NULL);
+    CHECK(mgmt_volume_resize(d, "p", "base.raw", 8 << 20, false, &o) == -EBUSY);
+    /* a defined VM on top.qcow2 holds it (and, through it, base.raw) */
+    char *def = vs_asprintf("name = vm1\nmemory = 64M\n[disk]\nfile = %s/top.qcow2\n", dir);
+    CHECK_OK(mgmt_store_define(d->store, "vm1", "77777777-7777-4777-8777-777777777777", def, false,
+                               false));
+    free(def);
+    CHECK(mgmt_volume_delete(d, "p", "top.qcow2") == -EBUSY);
+    CHECK(strstr(vs_error_message(), "VM 'vm1'") != NULL);
+    CHECK(mgmt_pool_undefine(d, "p") == -EBUSY);
+    CHECK(strstr(vs_error_message(), "vm1") != NULL);
+    CHECK_OK(mgmt_volume_list(d, "p", &o));
+    json_object *vols = NULL;
+    CHECK(o && json_object_object_get_ex(o, "volumes", &vols) &&
+          json_object_array_length(vols) == 2);
+    if (vols && json_object_array_length(vols) == 2) {
+        json_object *top = json_object_array_get_idx(vols, 1), *used;
+        CHECK(!strcmp(volume_string(top, "name"), "top.qcow2"));
+        CHECK(json_object_object_get_ex(top, "used_by", &used) &&
+              json_object_array_length(used) == 1 &&
+              !strcmp(json_object_get_string(json_object_array_get_idx(used, 0)), "vm1"));
+    }
+    json_object_put(o);
+    /* running (claimed) volumes can't be resized; the error names the VM */
+    struct vm_def *vm = NULL;
+    struct mgmt_vm_record rec;
+    CHECK_OK(mgmt_store_get(d->store, "vm1", &rec));
+    CHECK_OK(vm_def_parse(rec.definition, strlen(rec.definition), "vm1", &vm));
+    mgmt_vm_record_free(&rec);
+    if (vm)
+        CHECK_OK(mgmt_disks_claim(d, "vm1", vm, false));
+    vm_def_free(vm);
+    CHECK(mgmt_volume_resize(d, "p", "top.qcow2", 8 << 20, false, &o) == -EBUSY);
+    CHECK(strstr(vs_error_message(), "running VM 'vm1'") != NULL);
+    mgmt_disks_release(d, "vm1");
+    CHECK_OK(mgmt_volume_resize(d, "p", "top.qcow2", 8 << 20, false, &o));
+    CHECK(volume_int(o, "virtual_size") == 8 << 20);
+    json_object_put(o);
+    CHECK(mgmt_volume_resize(d, "p", "top.qcow2", 1 << 20, false, &o) == -EINVAL);
+    CHECK_OK(mgmt_store_undefine(d->store, "vm1"));
+    CHECK_OK(mgmt_volume_delete(d, "p", "top.qcow2"));
+    CHECK_OK(mgmt_volume_delete(d, "p", "base.raw"));
+    CHECK(mgmt_volume_delete(d, "p", "base.raw") == -ENOENT);
+    CHECK_OK(mgmt_pool_undefine(d, "p"));
+    CHECK(access(dir, F_OK) == 0); /* the directory stays */
+    pool_daemon_free(d);
 }
