@@ -109,12 +109,16 @@ int guestfs_fs_remove(struct guestfs_fs *fs, const char *path);
 /* 1 when PATH exists, 0 when not, -errno on error. */
 int guestfs_fs_exists(struct guestfs_fs *fs, const char *path);
 
-/* ---- FAT12/16/32 filesystems, read-only (fat.c) ---------------------------------------------- */
+/* ---- FAT12/16/32 filesystems, read-write (fat.c) --------------------------------------------- */
 
 /* guestfs_fs_open/probe and the read functions above handle FAT partitions too (EFI system
- * partitions); write functions return -EROFS on them. The FAT layer on its own, over a read
- * callback, is here for tests and fuzzing. */
+ * partitions). Writing goes through guestfs_fat_open_img(…, writable) and the guestfs_fat_write*,
+ * mkdir and remove calls below. The FAT layer over read/write callbacks is here for tests and
+ * fuzzing. */
 struct guestfs_fat;
+
+/* Writes LEN bytes at OFFSET of the volume; 0 or -errno. */
+typedef int (*guestfs_write_fn)(void *ctx, const void *buf, uint64_t offset, size_t len);
 
 struct guestfs_fat_geometry {
     unsigned type; /* 12, 16, 32 (from the cluster count, as the spec says) */
@@ -127,6 +131,10 @@ struct guestfs_fat_geometry {
     uint32_t root_cluster; /* FAT32 */
     uint64_t data_offset;  /* cluster 2 */
     uint32_t cluster_count;
+    uint32_t fat_count;     /* copies of the FAT */
+    uint64_t fat_stride;    /* bytes from one copy to the next */
+    uint64_t fsinfo_offset; /* FAT32 FSInfo sector (not yet validated), 0 if none */
+    bool dirty;             /* the boot sector's "not cleanly unmounted" flag */
     uint32_t serial;
     char volume_label[12];
 };
@@ -137,6 +145,14 @@ int guestfs_fat_parse_boot(const uint8_t *boot_sector, size_t len, uint64_t part
 /* READ reads at offsets relative to the volume start; SIZE bounds the volume. */
 int guestfs_fat_open(guestfs_read_fn read, void *ctx, uint64_t size, const char *label,
                      struct guestfs_fat **out);
+/* The same, writable through WRITE. A volume marked dirty (boot sector flag, or the FAT16/32
+ * clean-shutdown bits in FAT[1]) is refused with -EUCLEAN, as an unclean ext is. */
+int guestfs_fat_open_rw(guestfs_read_fn read, guestfs_write_fn write, void *ctx, uint64_t size,
+                        const char *label, struct guestfs_fat **out);
+/* The FAT volume at [start, start+size) of IMG through img_pread/img_pwrite. WRITABLE needs an
+ * image opened IMG_OPEN_RDWR. Every write call below reaches the image before it returns. */
+int guestfs_fat_open_img(struct img *img, uint64_t start, uint64_t size, const char *label,
+                         bool writable, struct guestfs_fat **out);
 void guestfs_fat_close(struct guestfs_fat *fat);
 /* The volume serial as "ABCD-1234" (what grub's search --fs-uuid names) and the label. */
 void guestfs_fat_id(const struct guestfs_fat *fat, char *uuid, size_t uuid_len, char *label,
@@ -147,6 +163,17 @@ int guestfs_fat_read_file(struct guestfs_fat *fat, const char *path, size_t max,
                           size_t *len);
 int guestfs_fat_read_to_fd(struct guestfs_fat *fat, const char *path, int fd);
 int guestfs_fat_exists(struct guestfs_fat *fat, const char *path);
+/* Create or replace the file PATH (a replaced file keeps its names). New names get a VFAT long
+ * name and a unique NAME~N.EXT alias unless they are valid 8.3 names. A full volume is -ENOSPC
+ * with the volume unchanged. */
+int guestfs_fat_write_file(struct guestfs_fat *fat, const char *path, const void *data,
+                           size_t len);
+int guestfs_fat_write_from_fd(struct guestfs_fat *fat, const char *path, int fd);
+int guestfs_fat_mkdir(struct guestfs_fat *fat, const char *path);
+/* Remove a file or an empty directory. */
+int guestfs_fat_remove(struct guestfs_fat *fat, const char *path);
+/* Free space of a volume opened for writing (0 for a read-only one). */
+uint64_t guestfs_fat_free_bytes(const struct guestfs_fat *fat);
 
 /* ---- boot configuration (vessel's pygrub) ---------------------------------------------------- */
 

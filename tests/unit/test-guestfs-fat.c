@@ -1,12 +1,16 @@
 /*
- * tests/unit/test-guestfs-fat.c — the FAT reader on hand-built volumes in memory: a valid FAT12
+ * tests/unit/test-guestfs-fat.c — FAT on hand-built volumes in memory. Reading: a valid FAT12
  * volume (long names, a two-cluster file, a subdirectory, a deleted entry) reads back, and hostile
  * boot sectors, looping or out-of-range cluster chains, lying file sizes and broken long-name
- * checksums are refused with one message or degrade safely — never read out of bounds.
+ * checksums are refused with one message or degrade safely — never read out of bounds. Writing:
+ * put/mkdir/rm through a write callback on the same volume, checked by reading back through the
+ * reader and by looking at the raw entries (aliases, NT case flags, both FAT copies), plus the
+ * failure cases a user meets: full volume, full root, dirty volume, bad names.
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "vessel/guestfs.h"
@@ -21,6 +25,15 @@ static int mem_read(void *ctx, void *buf, uint64_t offset, size_t len)
     if (offset > sizeof(vol) || len > sizeof(vol) - offset)
         return -EIO;
     memcpy(buf, vol + offset, len);
+    return 0;
+}
+
+static int mem_write(void *ctx, const void *buf, uint64_t offset, size_t len)
+{
+    (void)ctx;
+    if (offset > sizeof(vol) || len > sizeof(vol) - offset)
+        return -EIO;
+    memcpy(vol + offset, buf, len);
     return 0;
 }
 
@@ -268,5 +281,235 @@ TEST(fat_long_name_with_bad_checksum_falls_back_to_8_3)
     CHECK_OK(guestfs_fat_list(fat, "/", &d, &n));
     CHECK(n == 2 && !strcmp(d[0].name, "HELLOW~1.TXT"));
     guestfs_dirents_free(d, n);
+    guestfs_fat_close(fat);
+}
+
+/* ---- writing ---- */
+
+static int open_rw(struct guestfs_fat **fat)
+{
+    return guestfs_fat_open_rw(mem_read, mem_write, NULL, sizeof(vol), "mem.img:1", fat);
+}
+
+static bool file_is(struct guestfs_fat *fat, const char *path, const void *want, size_t want_len)
+{
+    char *data;
+    size_t len;
+    if (guestfs_fat_read_file(fat, path, 1 << 20, &data, &len) < 0) {
+        fprintf(stderr, "  %s: %s\n", path, vs_error_message());
+        return false;
+    }
+    bool same = len == want_len && !memcmp(data, want, len);
+    free(data);
+    return same;
+}
+
+/* The raw 8.3 entry named NAME11 in the root, or NULL. */
+static const uint8_t *root_entry(const char *name11)
+{
+    for (int i = 0; i < 16; i++) {
+        const uint8_t *d = vol + 3 * 512 + i * 32;
+        if (!memcmp(d, name11, 11))
+            return d;
+    }
+    return NULL;
+}
+
+static size_t count_entries(struct guestfs_fat *fat, const char *path)
+{
+    struct guestfs_dirent *d;
+    size_t n;
+    if (guestfs_fat_list(fat, path, &d, &n) < 0)
+        return (size_t)-1;
+    guestfs_dirents_free(d, n);
+    return n;
+}
+
+TEST(fat_put_long_names_get_unique_aliases)
+{
+    build();
+    struct guestfs_fat *fat;
+    CHECK_OK(open_rw(&fat));
+    CHECK_OK(guestfs_fat_write_file(fat, "/My Long Document.txt", "one", 3));
+    CHECK_OK(guestfs_fat_write_file(fat, "/My Long Draft.txt", "two", 3));
+    CHECK(file_is(fat, "/my long document.txt", "one", 3));
+    CHECK(file_is(fat, "/My Long Draft.txt", "two", 3));
+    /* the long names come back (the reader checks the LFN checksum), aliases are ~1 and ~2 */
+    CHECK(root_entry("MYLONG~1TXT") && root_entry("MYLONG~2TXT"));
+    CHECK(file_is(fat, "/MYLONG~1.TXT", "one", 3));
+    CHECK(file_is(fat, "/mylong~2.txt", "two", 3));
+    /* a valid 8.3 name in lower case: no long name, NT case flags instead */
+    CHECK_OK(guestfs_fat_write_file(fat, "/readme.md", "r", 1));
+    const uint8_t *e = root_entry("README  MD ");
+    CHECK(e && e[12] == 0x18 && e[-32 + 11] != 0x0F);
+    CHECK_OK(guestfs_fat_write_file(fat, "/UPPER.TXT", "u", 1));
+    e = root_entry("UPPER   TXT");
+    CHECK(e && e[12] == 0 && e[-32 + 11] != 0x0F);
+    struct guestfs_dirent *d;
+    size_t n;
+    CHECK_OK(guestfs_fat_list(fat, "/", &d, &n));
+    bool seen_readme = false, seen_doc = false;
+    for (size_t i = 0; i < n; i++) {
+        seen_readme |= !strcmp(d[i].name, "readme.md");
+        seen_doc |= !strcmp(d[i].name, "My Long Document.txt") && d[i].size == 3;
+    }
+    CHECK(seen_readme && seen_doc);
+    guestfs_dirents_free(d, n);
+    /* both FAT copies agree */
+    CHECK(!memcmp(vol + 512, vol + 1024, 512));
+    /* names FAT can't hold */
+    CHECK(guestfs_fat_write_file(fat, "/a:b", "x", 1) == -EINVAL);
+    CHECK(strstr(vs_error_message(), "mem.img:1") && strstr(vs_error_message(), "/a:b"));
+    CHECK(guestfs_fat_write_file(fat, "/trailing.", "x", 1) == -EINVAL);
+    CHECK(guestfs_fat_write_file(fat, "/", "x", 1) == -EINVAL);
+    CHECK(guestfs_fat_write_file(fat, "/nodir/x", "x", 1) == -ENOENT);
+    CHECK(guestfs_fat_write_file(fat, "/hello wo.txt/x", "x", 1) == -ENOTDIR);
+    guestfs_fat_close(fat);
+    /* and a fresh open sees it all */
+    CHECK_OK(guestfs_fat_open(mem_read, NULL, sizeof(vol), "mem.img:1", &fat));
+    CHECK(file_is(fat, "/My Long Draft.txt", "two", 3));
+    guestfs_fat_close(fat);
+}
+
+TEST(fat_put_replaces_and_frees_the_old_chain)
+{
+    build();
+    struct guestfs_fat *fat;
+    CHECK_OK(open_rw(&fat));
+    uint64_t free0 = guestfs_fat_free_bytes(fat);
+    CHECK(free0 == 56 * 512); /* 60 clusters, 4 used by build() */
+    static uint8_t big[5000];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (uint8_t)(i * 7);
+    CHECK_OK(guestfs_fat_write_file(fat, "/hello wo.txt", big, sizeof(big)));
+    CHECK(file_is(fat, "/hello wo.txt", big, sizeof(big)));
+    CHECK(guestfs_fat_free_bytes(fat) == free0 + 2 * 512 - 10 * 512);
+    /* the replaced file keeps its names */
+    CHECK(root_entry("HELLOW~1TXT") != NULL);
+    CHECK_OK(guestfs_fat_write_file(fat, "/hello wo.txt", "tiny", 4));
+    CHECK(file_is(fat, "/hello wo.txt", "tiny", 4));
+    CHECK(guestfs_fat_free_bytes(fat) == free0 + 2 * 512 - 512);
+    /* empty file: no cluster at all */
+    CHECK_OK(guestfs_fat_write_file(fat, "/hello wo.txt", "", 0));
+    CHECK(file_is(fat, "/hello wo.txt", "", 0));
+    CHECK(guestfs_fat_free_bytes(fat) == free0 + 2 * 512);
+    /* from an fd (a pipe: size unknown up front) */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    CHECK(write(p[1], big, 3000) == 3000);
+    close(p[1]);
+    CHECK_OK(guestfs_fat_write_from_fd(fat, "/sub/from pipe.bin", p[0]));
+    close(p[0]);
+    CHECK(file_is(fat, "/SUB/FROM PIPE.BIN", big, 3000));
+    CHECK(guestfs_fat_write_file(fat, "/sub", "x", 1) == -EISDIR);
+    guestfs_fat_close(fat);
+}
+
+TEST(fat_mkdir_grows_directories_and_rm_frees)
+{
+    build();
+    struct guestfs_fat *fat;
+    CHECK_OK(open_rw(&fat));
+    uint64_t free0 = guestfs_fat_free_bytes(fat);
+    CHECK_OK(guestfs_fat_mkdir(fat, "/New Folder"));
+    CHECK(guestfs_fat_mkdir(fat, "/new folder") == -EEXIST);
+    /* . and .. */
+    CHECK(guestfs_fat_exists(fat, "/New Folder/.") == 1);
+    CHECK(count_entries(fat, "/New Folder") == 0);
+    /* 12 files with 2-entry names: 36 entries, a 512-byte cluster holds 16 */
+    char path[64];
+    for (int i = 0; i < 12; i++) {
+        snprintf(path, sizeof(path), "/New Folder/file %02d.txt", i);
+        CHECK_OK(guestfs_fat_write_file(fat, path, path, strlen(path)));
+    }
+    CHECK(count_entries(fat, "/New Folder") == 12);
+    for (int i = 0; i < 12; i++) {
+        snprintf(path, sizeof(path), "/New Folder/file %02d.txt", i);
+        CHECK(file_is(fat, path, path, strlen(path)));
+    }
+    CHECK_OK(guestfs_fat_mkdir(fat, "/New Folder/deeper"));
+    CHECK_OK(guestfs_fat_write_file(fat, "/New Folder/deeper/x", "x", 1));
+    CHECK(guestfs_fat_remove(fat, "/New Folder") == -ENOTEMPTY);
+    CHECK(strstr(vs_error_message(), "not empty") != NULL);
+    CHECK(guestfs_fat_remove(fat, "/New Folder/deeper/missing") == -ENOENT);
+    CHECK_OK(guestfs_fat_remove(fat, "/New Folder/deeper/x"));
+    CHECK_OK(guestfs_fat_remove(fat, "/New Folder/deeper"));
+    for (int i = 0; i < 12; i++) {
+        snprintf(path, sizeof(path), "/New Folder/file %02d.txt", i);
+        CHECK_OK(guestfs_fat_remove(fat, path));
+        CHECK(guestfs_fat_exists(fat, path) == 0);
+    }
+    CHECK_OK(guestfs_fat_remove(fat, "/New Folder"));
+    CHECK(guestfs_fat_exists(fat, "/New Folder") == 0);
+    CHECK(guestfs_fat_free_bytes(fat) == free0);
+    /* rm of the existing long-named file marks its LFN entry deleted too */
+    CHECK_OK(guestfs_fat_remove(fat, "/hello wo.txt"));
+    CHECK(vol[3 * 512] == 0xE5 && vol[3 * 512 + 32] == 0xE5);
+    CHECK(guestfs_fat_free_bytes(fat) == free0 + 2 * 512);
+    CHECK(guestfs_fat_remove(fat, "/") == -EINVAL);
+    guestfs_fat_close(fat);
+}
+
+TEST(fat_full_volume_and_full_root_change_nothing)
+{
+    build();
+    struct guestfs_fat *fat;
+    CHECK_OK(open_rw(&fat));
+    static uint8_t before[sizeof(vol)];
+    memcpy(before, vol, sizeof(vol));
+    static uint8_t big[60 * 512];
+    memset(big, 'z', sizeof(big));
+    CHECK(guestfs_fat_write_file(fat, "/too big.bin", big, sizeof(big)) == -ENOSPC);
+    CHECK(strstr(vs_error_message(), "volume full") && strstr(vs_error_message(), "too big"));
+    CHECK(!memcmp(before, vol, sizeof(vol)));
+    /* unknown size (a pipe): data goes to free clusters, but the FAT and directories stay */
+    int p[2];
+    CHECK(pipe(p) == 0);
+    CHECK(write(p[1], big, 57 * 512) == 57 * 512);
+    close(p[1]);
+    CHECK(guestfs_fat_write_from_fd(fat, "/too big.bin", p[0]) == -ENOSPC);
+    close(p[0]);
+    CHECK(!memcmp(before, vol, 4 * 512)); /* boot, both FATs, root */
+    CHECK(guestfs_fat_free_bytes(fat) == 56 * 512);
+    CHECK(guestfs_fat_exists(fat, "/too big.bin") == 0);
+    /* exactly the free space fits */
+    CHECK_OK(guestfs_fat_write_file(fat, "/fits.bin", big, 56 * 512));
+    CHECK(guestfs_fat_free_bytes(fat) == 0);
+    CHECK(guestfs_fat_mkdir(fat, "/nope") == -ENOSPC);
+    CHECK_OK(guestfs_fat_remove(fat, "/fits.bin"));
+    /* the fixed root holds 16 entries: 4 used (LFN+8.3, deleted, SUB) */
+    char path[32];
+    int made = 0, rc = 0;
+    for (int i = 0; i < 20 && rc == 0; i++) {
+        snprintf(path, sizeof(path), "/F%d", i);
+        rc = guestfs_fat_write_file(fat, path, "x", 1);
+        made += rc == 0;
+    }
+    CHECK(rc == -ENOSPC && strstr(vs_error_message(), "root directory full"));
+    CHECK(made == 13); /* 12 free slots plus the deleted one */
+    guestfs_fat_close(fat);
+}
+
+TEST(fat_write_refusals)
+{
+    struct guestfs_fat *fat;
+    build();
+    CHECK_OK(open_vol(&fat));
+    CHECK(guestfs_fat_write_file(fat, "/x", "x", 1) == -EROFS);
+    CHECK(guestfs_fat_mkdir(fat, "/x") == -EROFS);
+    CHECK(guestfs_fat_remove(fat, "/sub/file.bin") == -EROFS);
+    guestfs_fat_close(fat);
+    /* the boot sector's dirty flag (with an extended boot signature) */
+    vol[37] = 1;
+    CHECK(open_rw(&fat) == -EUCLEAN);
+    CHECK(strstr(vs_error_message(), "dirty") && strstr(vs_error_message(), "mem.img:1"));
+    CHECK_OK(open_vol(&fat)); /* reading is still fine */
+    guestfs_fat_close(fat);
+    /* a hostile directory chain: rm and put report, never crash */
+    build();
+    fat12_set(4, 4);
+    CHECK_OK(open_rw(&fat));
+    CHECK(guestfs_fat_remove(fat, "/sub") == -EIO);
+    CHECK(guestfs_fat_write_file(fat, "/sub/new", "x", 1) == -EIO);
     guestfs_fat_close(fat);
 }
