@@ -49,15 +49,13 @@ static const char *g_format;
 struct target {
     struct img *img;
     struct guestfs_table table;
-    struct guestfs_fs *fs;
-    struct guestfs_fat *fat; /* a FAT volume opened for writing: fat.c directly */
+    struct guestfs_fs *fs; /* ext2/3/4 or FAT: guestfs_fs_* answers both */
 };
 
 static void target_close(struct target *t)
 {
     if (t->fs)
         guestfs_fs_close(t->fs);
-    guestfs_fat_close(t->fat);
     guestfs_table_free(&t->table);
     img_close(t->img);
 }
@@ -117,30 +115,9 @@ static int target_open(const char *spec, bool write, struct target *t)
     char *label = vs_asprintf("%s:%u", img_filename(t->img), p->number);
     if (!label)
         return -ENOMEM;
-    if (write && guestfs_fs_kind(t->img, p->start, p->size) == GUESTFS_FS_FAT)
-        rc = guestfs_fat_open_img(t->img, p->start, p->size, label, true, &t->fat);
-    else
-        rc = guestfs_fs_open(t->img, p->start, p->size, label, write, &t->fs);
+    rc = guestfs_fs_open(t->img, p->start, p->size, label, write, &t->fs);
     free(label);
     return rc;
-}
-
-/* The write commands' calls, on whichever of ext (guestfs_fs) or writable FAT is open. */
-static int target_exists(struct target *t, const char *path)
-{
-    return t->fat ? guestfs_fat_exists(t->fat, path) : guestfs_fs_exists(t->fs, path);
-}
-
-static int target_read_to_fd(struct target *t, const char *path, int fd)
-{
-    return t->fat ? guestfs_fat_read_to_fd(t->fat, path, fd)
-                  : guestfs_fs_read_to_fd(t->fs, path, fd);
-}
-
-static int target_write_from_fd(struct target *t, const char *path, int fd, mode_t mode)
-{
-    return t->fat ? guestfs_fat_write_from_fd(t->fat, path, fd)
-                  : guestfs_fs_write_from_fd(t->fs, path, fd, mode);
 }
 
 static bool has_flag(int *argc, char **argv, const char *flag)
@@ -281,8 +258,6 @@ static int finish_write(struct target *t, int rc)
 {
     int rc2 = guestfs_fs_close(t->fs);
     t->fs = NULL;
-    guestfs_fat_close(t->fat);
-    t->fat = NULL;
     if (rc == 0)
         rc = rc2;
     int rc3 = img_close(t->img);
@@ -312,7 +287,7 @@ static int cmd_put(int argc, char **argv)
     struct target t;
     int rc = target_open(argv[0], true, &t);
     if (rc == 0)
-        rc = target_write_from_fd(&t, argv[1], fd, mode);
+        rc = guestfs_fs_write_from_fd(t.fs, argv[1], fd, mode);
     if (fd)
         close(fd);
     if (rc < 0) {
@@ -343,9 +318,9 @@ static int cmd_edit(int argc, char **argv)
         target_close(&t);
         return err(vs_error_errno(-errno, "temporary file"));
     }
-    rc = target_exists(&t, argv[1]);
+    rc = guestfs_fs_exists(t.fs, argv[1]);
     if (rc == 1)
-        rc = target_read_to_fd(&t, argv[1], fd);
+        rc = guestfs_fs_read_to_fd(t.fs, argv[1], fd);
     close(fd);
     if (rc < 0)
         goto out;
@@ -373,7 +348,7 @@ static int cmd_edit(int argc, char **argv)
         rc = vs_error_errno(-errno, "%s", tmp);
         goto out;
     }
-    rc = target_write_from_fd(&t, argv[1], fd, 0644);
+    rc = guestfs_fs_write_from_fd(t.fs, argv[1], fd, 0644);
     close(fd);
 out:
     unlink(tmp);
@@ -395,10 +370,7 @@ static int cmd_mkdir_rm(int argc, char **argv, bool mkdir_cmd)
     struct target t;
     int rc = target_open(argv[0], true, &t);
     if (rc == 0)
-        rc = t.fat ? (mkdir_cmd ? guestfs_fat_mkdir(t.fat, argv[1])
-                                : guestfs_fat_remove(t.fat, argv[1]))
-                   : (mkdir_cmd ? guestfs_fs_mkdir(t.fs, argv[1], 0755)
-                                : guestfs_fs_remove(t.fs, argv[1]));
+        rc = mkdir_cmd ? guestfs_fs_mkdir(t.fs, argv[1], 0755) : guestfs_fs_remove(t.fs, argv[1]);
     if (rc < 0) {
         int r = err(rc);
         target_close(&t);

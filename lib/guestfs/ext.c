@@ -6,7 +6,7 @@
  * in a qcow2/vmdk/vhd overlay exactly where the guest kernel would put it, and e2fsck agrees.
  * libext2fs opens its channel by name, so the name carries the address of our window struct
  * ("vessel-img:0x…"), which only this file ever produces. A partition that holds FAT instead
- * (an EFI system partition) gets the same public calls answered by fat.c, read-only.
+ * (an EFI system partition) gets the same public calls answered by fat.c, read-write.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -290,14 +290,15 @@ enum guestfs_fs_kind guestfs_fs_kind(struct img *img, uint64_t start, uint64_t s
 static int fat_open(struct img *img, uint64_t start, uint64_t size, const char *label,
                     bool writable, struct guestfs_fs **out)
 {
-    if (writable)
-        return vs_error(-EROFS, "%s: FAT filesystems are read-only in vessel", label);
     struct guestfs_fs *g = calloc(1, sizeof(*g));
     if (!g)
         return vs_error(-ENOMEM, "out of memory");
     g->win = (struct window){.img = img, .start = start, .size = size};
     g->label = strdup(label);
-    int rc = g->label ? guestfs_fat_open(window_read, &g->win, size, label, &g->fat) : -ENOMEM;
+    g->writable = writable;
+    int rc = !g->label  ? -ENOMEM
+             : writable ? guestfs_fat_open_img(img, start, size, label, true, &g->fat)
+                        : guestfs_fat_open(window_read, &g->win, size, label, &g->fat);
     if (rc < 0) {
         free(g->label);
         free(g);
@@ -739,7 +740,7 @@ static int empty_cb(struct ext2_dir_entry *dirent, int offset, int blocksize, ch
 int guestfs_fs_remove(struct guestfs_fs *g, const char *path)
 {
     if (g->fat)
-        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
+        return guestfs_fat_remove(g->fat, path);
     int rc = need_writable(g);
     if (rc < 0)
         return rc;
@@ -775,7 +776,7 @@ int guestfs_fs_remove(struct guestfs_fs *g, const char *path)
 int guestfs_fs_mkdir(struct guestfs_fs *g, const char *path, mode_t mode)
 {
     if (g->fat)
-        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
+        return guestfs_fat_mkdir(g->fat, path);
     int rc = need_writable(g);
     if (rc < 0)
         return rc;
@@ -929,7 +930,7 @@ static int write_common(struct guestfs_fs *g, const char *path, struct source *s
 int guestfs_fs_write_from_fd(struct guestfs_fs *g, const char *path, int fd, mode_t mode)
 {
     if (g->fat)
-        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
+        return guestfs_fat_write_from_fd(g->fat, path, fd);
     struct source s = {.fd = fd};
     return write_common(g, path, &s, mode);
 }
@@ -938,7 +939,7 @@ int guestfs_fs_write_file(struct guestfs_fs *g, const char *path, const void *da
                           mode_t mode)
 {
     if (g->fat)
-        return vs_error(-EROFS, "%s: %s: FAT filesystems are read-only in vessel", g->label, path);
+        return guestfs_fat_write_file(g->fat, path, data, len);
     struct source s = {.fd = -1, .data = data, .len = len};
     return write_common(g, path, &s, mode);
 }
