@@ -457,6 +457,15 @@ static int verb_info(struct cli *c, const char *name)
             printf("Last exit:   %lld\n", (long long)jint(o, "last_exit"));
         if (jstr(o, "last_error")[0])
             printf("Last error:  %s\n", jstr(o, "last_error"));
+        json_object *taps;
+        if (json_object_object_get_ex(o, "taps", &taps) &&
+            json_object_is_type(taps, json_type_array))
+            for (size_t i = 0; i < json_object_array_length(taps); i++) {
+                json_object *t = json_object_array_get_idx(taps, i);
+                bool bridge = json_object_object_get_ex(t, "bridge", NULL);
+                printf("Tap:         %s on %s %s\n", jstr(t, "tap"), bridge ? "bridge" : "network",
+                       jstr(t, bridge ? "bridge" : "network"));
+            }
     }
     json_object_put(o);
     return 0;

@@ -5,10 +5,11 @@
  *
  * The idea: the daemon owns no VM. Definitions and states live in SQLite (WAL, one transaction per
  * change), each running VM is a vessel-vmm in its own session whose only tie to the daemon is a
- * directory DIR/run/NAME/ (api.sock, console.sock, vmm.log, keeper.pid, exit). A small "keeper"
- * process (same session as the VMM) waits for the VMM and writes its exit code to a file, so a
- * daemon that was killed and restarted finds every VM again by that directory and still learns
- * how a VM that died meanwhile ended, and applies its on_poweroff/on_reboot/on_crash policy.
+ * directory DIR/run/NAME/ (api.sock, console.sock, vmm.log, keeper.pid, exit, nics: its taps on
+ * the networks of DIR/net). A small "keeper" process (same session as the VMM) waits for the VMM
+ * and writes its exit code to a file, so a daemon that was killed and restarted finds every VM
+ * again by that directory and still learns how a VM that died meanwhile ended, and applies its
+ * on_poweroff/on_reboot/on_crash policy.
  *
  * Errors: negative errno and a one-line message in vs_error_message().
  */
@@ -173,7 +174,7 @@ int mgmt_vmm_command(const char *api_socket, const char *cmd, int timeout_ms, ch
 /* ---- the daemon (lib/mgmt/daemon.c, supervisor.c, api.c) ------------------------------------- */
 
 struct mgmt_daemon_config {
-    const char *state_dir;  /* DIR: vessel.db, vesseld.sock, run/, disks of clones */
+    const char *state_dir;  /* DIR: vessel.db, vesseld.sock, run/, disks of clones, net/ */
     const char *vmm_path;   /* the vessel-vmm program */
     unsigned max_clients;   /* concurrent API connections (0 = 64) */
     const char *listen;     /* optional "tcp:HOST:PORT": TLS + token only */

@@ -35,6 +35,8 @@ static int status_for(int err)
         return 404;
     case -EEXIST:
     case -EBUSY:
+    case -ENODEV:   /* a NIC's network or bridge is missing */
+    case -ENOTCONN: /* a NIC's network is not started */
         return 409;
     case -EINVAL:
     case -ENAMETOOLONG:
@@ -187,6 +189,7 @@ static json_object *record_json(struct mgmt_daemon *d, const struct mgmt_vm_reco
     char path[PATH_MAX];
     if (!mgmt_run_path(d, rec->name, NULL, path, sizeof(path)))
         json_object_object_add(o, "run_dir", json_object_new_string(path));
+    json_object_object_add(o, "taps", mgmt_nics_json(d, rec->name));
     return o;
 }
 

@@ -178,6 +178,7 @@ int mgmt_daemon_run(const struct mgmt_daemon_config *config)
     if (snprintf(d->state_dir, sizeof(d->state_dir), "%s", dir) >= (int)sizeof(d->state_dir) ||
         snprintf(d->run_dir, sizeof(d->run_dir), "%s/run", dir) >= (int)sizeof(d->run_dir) ||
         snprintf(d->disk_dir, sizeof(d->disk_dir), "%s/disks", dir) >= (int)sizeof(d->disk_dir) ||
+        snprintf(d->net_dir, sizeof(d->net_dir), "%s/net", dir) >= (int)sizeof(d->net_dir) ||
         snprintf(d->socket_path, sizeof(d->socket_path), "%s/%s", dir, MGMT_SOCKET_NAME) >=
             (int)sizeof(d->socket_path) ||
         snprintf(d->vmm_path, sizeof(d->vmm_path), "%s", config->vmm_path) >=

@@ -61,6 +61,7 @@ struct mgmt_daemon {
     char state_dir[PATH_MAX];
     char run_dir[PATH_MAX];
     char disk_dir[PATH_MAX];
+    char net_dir[PATH_MAX]; /* DIR/net: the networks' store (vessel net --state DIR/net) */
     char socket_path[PATH_MAX];
     char vmm_path[PATH_MAX];
     struct mgmt_store *store;
@@ -120,6 +121,16 @@ void mgmt_disks_release_all(struct mgmt_daemon *d);
 /* Whether a running VM claims file (by identity): its name into vm, and whether it writes it. */
 bool mgmt_disks_holder(struct mgmt_daemon *d, const char *file, char *vm, size_t vm_len,
                        bool *writable);
+
+/* nics.c: the taps of a VM's NICs. attach makes one per [nic] (on its network through lib/net, or
+ * on its host bridge), recorded in DIR/run/VM/nics; on failure nothing is left and the message
+ * names the VM, the NIC and the network. release deletes what the record names (idempotent). */
+int mgmt_nics_attach(struct mgmt_daemon *d, const struct vm_def *def);
+void mgmt_nics_release(struct mgmt_daemon *d, const char *vm);
+/* "vs" + the first 8 hex digits of the uuid + the NIC's index. */
+void mgmt_nic_tap_name(const struct vm_def *def, size_t index, char out[16]);
+/* [{"tap", "network" or "bridge"}…] of the VM's recorded taps (empty when it is not running). */
+struct json_object *mgmt_nics_json(struct mgmt_daemon *d, const char *vm);
 
 /* hooks.c: executables in DIR/hooks/ run for each lifecycle event, one at a time, off the
  * committing thread, killed after timeout_s; output to DIR/log/hooks.log. */

@@ -110,6 +110,7 @@ static int runtime_set(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const 
     snprintf(rt->state, sizeof(rt->state), "%s", state);
     if (!mgmt_state_is_live(state)) {
         mgmt_disks_release(d, rt->name);
+        mgmt_nics_release(d, rt->name);
         rt->pid = rt->keeper_pid = 0;
         if (rt->keeper_pidfd >= 0)
             close(rt->keeper_pidfd);
@@ -150,16 +151,29 @@ static void argv_free(struct argv_builder *a)
 static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struct argv_builder *a)
 {
     char path[PATH_MAX];
-    if (def->boot_from != VM_BOOT_FROM_KERNEL || !def->kernel)
+    if (def->boot_from == VM_BOOT_FROM_CDROM)
         return vs_error(-ENOTSUP,
-                        "%s: vessel-vmm boots a kernel only (no firmware for boot "
-                        "from disk or cdrom yet); set [boot] kernel",
+                        "%s: from = cdrom: vessel-vmm has no firmware to boot an ISO; "
+                        "use from = disk (a disk with a grub.cfg, menu.lst or extlinux.conf) "
+                        "or a kernel",
                         def->name);
+    if (def->boot_from == VM_BOOT_FROM_DISK && !def->disk_count)
+        return vs_error(-EINVAL, "%s: from = disk needs a [disk] holding a boot configuration",
+                        def->name);
+    if (def->boot_from == VM_BOOT_FROM_KERNEL && !def->kernel)
+        return vs_error(-EINVAL, "%s: [boot] kernel is required", def->name);
     if (def->disk_count > 16 || def->nic_count > 16)
         return vs_error(-E2BIG, "%s: more than 16 disks or NICs", def->name);
     argv_add(a, vs_strdup(d->vmm_path));
-    argv_add(a, vs_strdup("--kernel"));
-    argv_add(a, vs_strdup(def->kernel));
+    if (def->boot_from == VM_BOOT_FROM_DISK) {
+        /* vessel's pygrub: the VMM reads the first disk's boot config and boots its default
+         * entry's kernel and initrd (docs/vessel-vmm.md) */
+        argv_add(a, vs_strdup("--boot"));
+        argv_add(a, vs_strdup("disk"));
+    } else {
+        argv_add(a, vs_strdup("--kernel"));
+        argv_add(a, vs_strdup(def->kernel));
+    }
     if (def->initrd) {
         argv_add(a, vs_strdup("--initrd"));
         argv_add(a, vs_strdup(def->initrd));
@@ -203,9 +217,11 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
                                                                                      : ""));
     }
     for (size_t i = 0; i < def->nic_count; i++) {
-        /* lib/net will attach the tap to the network or bridge; until then a bare tap */
+        /* the tap mgmt_nics_attach made on the NIC's network or bridge */
+        char tap[16];
+        mgmt_nic_tap_name(def, i, tap);
         argv_add(a, vs_strdup("--net"));
-        argv_add(a, vs_asprintf("tap=vs%.8s%zu,mac=%s", def->uuid, i, def->nics[i].mac));
+        argv_add(a, vs_asprintf("tap=%s,mac=%s", tap, def->nics[i].mac));
     }
     argv_add(a, vs_strdup("--console"));
     switch (def->console) {
@@ -378,6 +394,7 @@ static void read_log_tail(struct mgmt_daemon *d, const char *name, char *out, si
 static void remove_run_files(struct mgmt_daemon *d, const char *name, bool keep_log)
 {
     char dir[PATH_MAX];
+    mgmt_nics_release(d, name); /* the taps recorded in the run directory go with it */
     if (mgmt_run_path(d, name, NULL, dir, sizeof(dir)))
         return;
     DIR *dh = opendir(dir);
@@ -416,11 +433,11 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
         goto out;
     }
     remove_run_files(d, rt->name, true);
-    if ((err = build_vmm_argv(d, def, &a)))
+    if ((err = build_vmm_argv(d, def, &a)) || (err = mgmt_nics_attach(d, def)))
         goto out;
     pid_t keeper = 0, vmm = 0;
     if ((err = spawn_detached(a.items, dir, &keeper, &vmm)))
-        goto out;
+        goto release_nics;
     int pidfd = (int)syscall(SYS_pidfd_open, keeper, 0);
     char pidfile[PATH_MAX];
     if (!mgmt_run_path(d, rt->name, "keeper.pid", pidfile, sizeof(pidfile))) {
@@ -458,12 +475,19 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
         }
         if (pidfd >= 0)
             close(pidfd);
-        goto out;
+        goto release_nics;
     }
     rt->pid = vmm;
     rt->keeper_pid = keeper;
     rt->keeper_pidfd = pidfd;
     rt->stop_requested = false;
+    goto out;
+release_nics : {
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", vs_error_message());
+    mgmt_nics_release(d, rt->name);
+    vs_error(err, "%s", msg);
+}
 out:
     argv_free(&a);
     vm_def_free(def);
@@ -830,6 +854,8 @@ static void reattach_one(struct mgmt_daemon *d, const struct mgmt_vm_record *rec
         }
     } else {
         snprintf(rt->state, sizeof(rt->state), "%s", rec->state);
+        /* a daemon killed between making the taps and recording the start left them behind */
+        mgmt_nics_release(d, rec->name);
     }
     pthread_mutex_unlock(&rt->lock);
 }
