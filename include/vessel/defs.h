@@ -46,7 +46,8 @@ struct vm_nic {
     char *bridge;  /* a host bridge */
     char mac[18];  /* "52:54:00:12:34:56", lower case */
     enum vm_nic_model model;
-    int line, mac_line;
+    unsigned rate_mbit; /* 0 = unlimited; both directions (network NICs only) */
+    int line, mac_line, rate_line;
 };
 
 struct vm_def {
@@ -60,7 +61,9 @@ struct vm_def {
     struct vm_nic *nics;
     size_t nic_count;
     enum vm_boot_from boot_from;
-    char *kernel, *initrd, *cmdline; /* boot_from == KERNEL */
+    char *kernel, *initrd; /* boot_from == KERNEL */
+    char *cmdline;         /* KERNEL: the command line; DISK: appended to the entry's */
+    char *boot_entry;      /* DISK: the menu entry (title, index, Submenu>Entry), NULL = default */
     enum vm_console console;
     char *console_path; /* FILE and UNIX consoles */
     enum vm_action on_poweroff, on_reboot, on_crash;
@@ -133,6 +136,9 @@ int vm_def_set_string(char **field, const char *value); /* replaces, NULL clears
 /* Normalise a MAC ("00:16:3E:2b:11:83" -> lower case) into out[18]; -EINVAL if malformed. */
 int vm_mac_parse(const char *text, char out[18]);
 void vm_mac_generate(char out[18]); /* 52:54:00:xx:xx:xx */
+/* A network rate ("8", "8Mb/s", "8mbit", "500Kb/s", "1MB/s" = bytes, "1Gb/s") in whole Mbit/s,
+ * rounded up; no unit = Mbit/s. -EINVAL malformed or zero, -ERANGE above 100 Gbit/s. */
+int vm_rate_parse(const char *text, unsigned *mbit);
 void vm_uuid_generate(char out[37]);
 /* Accepts 32 hex digits with any '-' or ' ' separators; writes canonical lower-case form. */
 int vm_uuid_parse(const char *text, char out[37]);

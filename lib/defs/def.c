@@ -211,6 +211,56 @@ static int hexval(char c)
     return -1;
 }
 
+int vm_rate_parse(const char *text, unsigned *mbit)
+{
+    /* NUMBER[.FRACTION][UNIT]: k/K, M, G with b, bit, bps-style bits or B for bytes, an optional
+     * "/s"; no unit = Mbit/s. Rounded up to whole Mbit/s (the tap's shaper granularity). */
+    const char *p = text;
+    uint64_t whole = 0, frac = 0, frac_div = 1;
+    if (*p < '0' || *p > '9')
+        return -EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        whole = whole * 10 + (uint64_t)(*p - '0');
+        if (whole > 1000000000ULL)
+            return -ERANGE;
+    }
+    if (*p == '.') {
+        for (p++; *p >= '0' && *p <= '9'; p++)
+            if (frac_div < 1000000) {
+                frac = frac * 10 + (uint64_t)(*p - '0');
+                frac_div *= 10;
+            }
+    }
+    uint64_t scale = 1000000; /* bits per second of one unit */
+    bool bytes = false;
+    if (*p == 'k' || *p == 'K')
+        scale = 1000, p++;
+    else if (*p == 'm' || *p == 'M')
+        scale = 1000000, p++;
+    else if (*p == 'g' || *p == 'G')
+        scale = 1000000000, p++;
+    if (*p == 'B')
+        bytes = true, p++;
+    else if (strncmp(p, "bit", 3) == 0)
+        p += 3;
+    else if (*p == 'b')
+        p++;
+    if (strcmp(p, "/s") == 0 || strcmp(p, "ps") == 0)
+        p += 2;
+    if (*p)
+        return -EINVAL;
+    /* bits per second, exact in integers: (whole + frac / frac_div) * scale * (bytes ? 8 : 1) */
+    uint64_t mul = scale * (bytes ? 8 : 1);
+    uint64_t bps = whole * mul + (frac * mul + frac_div - 1) / frac_div;
+    if (bps == 0)
+        return -EINVAL;
+    uint64_t m = (bps + 999999) / 1000000;
+    if (m > 100000)
+        return -ERANGE;
+    *mbit = (unsigned)m;
+    return 0;
+}
+
 int vm_mac_parse(const char *text, char out[18])
 {
     unsigned char b[6];
@@ -327,6 +377,7 @@ void vm_def_free(struct vm_def *def)
     free(def->kernel);
     free(def->initrd);
     free(def->cmdline);
+    free(def->boot_entry);
     free(def->console_path);
     free(def);
 }
@@ -394,10 +445,12 @@ enum key {
     KEY_BRIDGE,
     KEY_MAC,
     KEY_MODEL,
+    KEY_RATE,
     KEY_KERNEL,
     KEY_INITRD,
     KEY_CMDLINE,
     KEY_FROM,
+    KEY_ENTRY,
     KEY_COUNT
 };
 
@@ -428,10 +481,12 @@ static const struct {
     [KEY_BRIDGE] = {"bridge", SECTION_NIC},
     [KEY_MAC] = {"mac", SECTION_NIC},
     [KEY_MODEL] = {"model", SECTION_NIC},
+    [KEY_RATE] = {"rate", SECTION_NIC},
     [KEY_KERNEL] = {"kernel", SECTION_BOOT},
     [KEY_INITRD] = {"initrd", SECTION_BOOT},
     [KEY_CMDLINE] = {"cmdline", SECTION_BOOT},
     [KEY_FROM] = {"from", SECTION_BOOT},
+    [KEY_ENTRY] = {"entry", SECTION_BOOT},
 };
 
 static const char *const section_names[4] = {"top level", "disk", "nic", "boot"};
@@ -599,6 +654,16 @@ static int set_key(struct parser *p, enum key key, const char *value, int line)
             return rc;
         nic->model = (enum vm_nic_model)e;
         return 0;
+    case KEY_RATE: {
+        int r = vm_rate_parse(value, &nic->rate_mbit);
+        if (r < 0)
+            return defs_error(p->source, line, kname,
+                              "'%s' is not a rate like 8 (Mbit/s), 8Mb/s, 500Kb/s or 1Gb/s "
+                              "(at most 100 Gbit/s)",
+                              value);
+        nic->rate_line = line;
+        return 0;
+    }
     case KEY_KERNEL:
         def->kernel_line = line;
         return vm_def_set_string(&def->kernel, value);
@@ -612,6 +677,10 @@ static int set_key(struct parser *p, enum key key, const char *value, int line)
         def->boot_from = (enum vm_boot_from)e;
         def->from_line = line;
         return 0;
+    case KEY_ENTRY:
+        if (!*value)
+            return defs_error(p->source, line, kname, "empty entry name");
+        return vm_def_set_string(&def->boot_entry, value);
     default:
         return defs_error(p->source, line, kname, "internal: unhandled key");
     }
@@ -839,6 +908,8 @@ int vm_def_validate(struct vm_def *def)
     if (!text_rc)
         text_rc = check_text(src, def->from_line, "cmdline", def->cmdline);
     if (!text_rc)
+        text_rc = check_text(src, def->from_line, "entry", def->boot_entry);
+    if (!text_rc)
         text_rc = check_text(src, 0, "console", def->console_path);
     for (size_t i = 0; !text_rc && i < def->disk_count; i++) {
         const struct vm_disk *d = &def->disks[i];
@@ -879,8 +950,14 @@ int vm_def_validate(struct vm_def *def)
     if (def->boot_from != VM_BOOT_FROM_KERNEL && def->kernel)
         return defs_error(src, def->kernel_line, "kernel", "not used when from = %s",
                           from_names[def->boot_from]);
-    if (def->boot_from != VM_BOOT_FROM_KERNEL && (def->initrd || def->cmdline))
-        return defs_error(src, def->from_line, "boot", "initrd and cmdline need a kernel");
+    if (def->boot_from != VM_BOOT_FROM_KERNEL && def->initrd)
+        return defs_error(src, def->from_line, "initrd",
+                          "needs a kernel (from = disk takes the "
+                          "boot entry's)");
+    if (def->boot_from == VM_BOOT_FROM_CDROM && def->cmdline)
+        return defs_error(src, def->from_line, "cmdline", "not used when from = cdrom");
+    if (def->boot_from != VM_BOOT_FROM_DISK && def->boot_entry)
+        return defs_error(src, def->from_line, "entry", "only for from = disk");
     if ((def->console == VM_CONSOLE_FILE || def->console == VM_CONSOLE_UNIX) && !def->console_path)
         return defs_error(src, 0, "console", "a file or unix console needs a path");
 
@@ -1024,6 +1101,10 @@ char *vm_def_print(const struct vm_def *def)
             print_value(f, "cmdline", def->cmdline);
     } else {
         fprintf(f, "from = %s\n", from_names[def->boot_from]);
+        if (def->boot_entry)
+            print_value(f, "entry", def->boot_entry);
+        if (def->cmdline)
+            print_value(f, "cmdline", def->cmdline);
     }
     for (size_t i = 0; i < def->disk_count; i++) {
         const struct vm_disk *d = &def->disks[i];
@@ -1049,6 +1130,8 @@ char *vm_def_print(const struct vm_def *def)
         if (n->mac[0])
             fprintf(f, "mac = %s\n", n->mac);
         fprintf(f, "model = %s\n", vm_nic_model_name(n->model));
+        if (n->rate_mbit)
+            fprintf(f, "rate = %u\n", n->rate_mbit);
     }
     if (fclose(f) != 0 || !buf) {
         free(buf);
@@ -1069,11 +1152,11 @@ bool vm_def_equal(const struct vm_def *a, const struct vm_def *b)
         a->memory != b->memory || a->disk_count != b->disk_count || a->nic_count != b->nic_count ||
         a->boot_from != b->boot_from || !str_eq(a->kernel, b->kernel) ||
         !str_eq(a->initrd, b->initrd) || !str_eq(a->cmdline, b->cmdline) ||
-        a->console != b->console || !str_eq(a->console_path, b->console_path) ||
-        a->on_poweroff != b->on_poweroff || a->on_reboot != b->on_reboot ||
-        a->on_crash != b->on_crash || a->autostart != b->autostart ||
-        a->autostart_delay != b->autostart_delay || a->cpu_weight != b->cpu_weight ||
-        a->cpu_cap != b->cpu_cap)
+        !str_eq(a->boot_entry, b->boot_entry) || a->console != b->console ||
+        !str_eq(a->console_path, b->console_path) || a->on_poweroff != b->on_poweroff ||
+        a->on_reboot != b->on_reboot || a->on_crash != b->on_crash ||
+        a->autostart != b->autostart || a->autostart_delay != b->autostart_delay ||
+        a->cpu_weight != b->cpu_weight || a->cpu_cap != b->cpu_cap)
         return false;
     for (size_t i = 0; i < a->disk_count; i++) {
         const struct vm_disk *x = &a->disks[i], *y = &b->disks[i];
@@ -1085,7 +1168,7 @@ bool vm_def_equal(const struct vm_def *a, const struct vm_def *b)
     for (size_t i = 0; i < a->nic_count; i++) {
         const struct vm_nic *x = &a->nics[i], *y = &b->nics[i];
         if (!str_eq(x->network, y->network) || !str_eq(x->bridge, y->bridge) ||
-            strcmp(x->mac, y->mac) || x->model != y->model)
+            strcmp(x->mac, y->mac) || x->model != y->model || x->rate_mbit != y->rate_mbit)
             return false;
     }
     return true;

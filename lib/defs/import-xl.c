@@ -408,6 +408,14 @@ static int map_vif(struct vm_def *def, const char *src, int line, const char *sp
             if (m < 0)
                 defs_warn(src, line, "vif", "model '%s' is not supported; using virtio", v);
             n->model = m < 0 ? VM_NIC_MODEL_VIRTIO : (enum vm_nic_model)m;
+        } else if (strcmp(k, "rate") == 0) {
+            /* xl's RATE/s[@INTERVAL]: the interval (the shaper's burst window) is not ours */
+            char *at = strchr(v, '@');
+            if (at)
+                *at = '\0';
+            if (vm_rate_parse(v, &n->rate_mbit) < 0)
+                rc = defs_error(src, line, "vif", "rate '%s' is not a rate like 8Mb/s", v);
+            n->rate_line = line;
         } else if (strcmp(k, "type") == 0 && (strcmp(v, "ioemu") == 0 || strcmp(v, "vif") == 0 ||
                                               strcmp(v, "netfront") == 0)) {
             /* the emulated/PV choice: vessel always gives the guest the NIC model above */

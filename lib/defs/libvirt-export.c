@@ -155,6 +155,11 @@ char *vm_def_to_libvirt(const struct vm_def *def)
         xml_text(f, n->bridge ? n->bridge : n->network ? n->network : "default");
         fputs("'/>\n", f);
         fprintf(f, "      <model type='%s'/>\n", vm_nic_model_name(n->model));
+        if (n->rate_mbit) /* libvirt's average is in kilobytes per second */
+            fprintf(f,
+                    "      <bandwidth>\n        <inbound average='%u'/>\n"
+                    "        <outbound average='%u'/>\n      </bandwidth>\n",
+                    n->rate_mbit * 125, n->rate_mbit * 125);
         fputs("    </interface>\n", f);
     }
     if (def->console == VM_CONSOLE_PTY) {

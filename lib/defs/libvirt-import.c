@@ -211,6 +211,37 @@ out:
     return rc;
 }
 
+/* <bandwidth><inbound|outbound average='KB/s' …/>: vessel shapes both directions at one rate,
+ * the larger of the two averages, in whole Mbit/s (1 KB/s = 8 kbit/s). */
+static int import_bandwidth(struct xctx *x, const xmlNode *n, struct vm_nic *nic)
+{
+    uint64_t best = 0;
+    for (const xmlNode *c = n->children; c; c = c->next) {
+        if (c->type != XML_ELEMENT_NODE)
+            continue;
+        if (!is(c, "inbound") && !is(c, "outbound")) {
+            unsupported(x, c, "bandwidth");
+            continue;
+        }
+        char *a = attr(c, "average");
+        uint64_t v = 0;
+        int rc = a ? defs_parse_uint(a, 100000ULL * 125, &v) : -EINVAL;
+        if (rc < 0 || v == 0) {
+            rc = defs_error(x->source, line_of(c), "bandwidth",
+                            "average '%s' is not a rate in KB/s (1 to 12500000)", a ? a : "");
+            free(a);
+            return rc;
+        }
+        free(a);
+        best = v > best ? v : best;
+    }
+    if (best) {
+        nic->rate_mbit = (unsigned)((best + 124) / 125);
+        nic->rate_line = line_of(n);
+    }
+    return 0;
+}
+
 static int import_interface(struct xctx *x, const xmlNode *n)
 {
     char *type = attr(n, "type");
@@ -251,6 +282,8 @@ static int import_interface(struct xctx *x, const xmlNode *n)
                 defs_warn(x->source, line_of(c), "model", "'%s' imported as virtio", m ? m : "");
             nic->model = v < 0 ? VM_NIC_MODEL_VIRTIO : (enum vm_nic_model)v;
             free(m);
+        } else if (is(c, "bandwidth")) {
+            rc = import_bandwidth(x, c, nic);
         } else if (!is(c, "alias") && !is(c, "address") && !is(c, "target")) {
             unsupported(x, c, "interface");
         }

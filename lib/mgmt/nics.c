@@ -155,15 +155,23 @@ int mgmt_nics_attach(struct mgmt_daemon *d, const struct vm_def *def)
         /* the intent first: a daemon killed from here on still finds the tap to delete */
         if ((err = records_save(d, def->name, recs, i + 1)))
             break;
-        if (r->bridge) {
+        if (r->bridge && nic->rate_mbit) {
+            err = vs_error(-ENOTSUP,
+                           "bridge %s: rate = %u needs a vessel network (the network shapes its "
+                           "taps; a plain host bridge has nothing to do it)",
+                           r->name, nic->rate_mbit);
+        } else if (r->bridge) {
             err = bridge_tap_create(r->tap, r->name, nic->mac);
         } else {
             struct vs_mac mac;
             err = vs_mac_parse(nic->mac, &mac);
             if (!err && !store)
                 err = vs_net_store_open(d->net_dir, &store);
-            struct vs_net_attach a = {
-                .tap = r->tap, .mac = &mac, .uid = (uid_t)-1, .gid = (gid_t)-1};
+            struct vs_net_attach a = {.tap = r->tap,
+                                      .mac = &mac,
+                                      .rate_mbit = nic->rate_mbit,
+                                      .uid = (uid_t)-1,
+                                      .gid = (gid_t)-1};
             if (!err)
                 err = vs_net_attach_tap(store, r->name, &a, &mac);
         }

@@ -170,6 +170,10 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
          * entry's kernel and initrd (docs/vessel-vmm.md) */
         argv_add(a, vs_strdup("--boot"));
         argv_add(a, vs_strdup("disk"));
+        if (def->boot_entry) {
+            argv_add(a, vs_strdup("--boot-entry"));
+            argv_add(a, vs_strdup(def->boot_entry));
+        }
     } else {
         argv_add(a, vs_strdup("--kernel"));
         argv_add(a, vs_strdup(def->kernel));

@@ -126,6 +126,40 @@ static void expect_error(const char *text, const char *needle)
     vm_def_free(d);
 }
 
+TEST(nic_rate_and_boot_entry)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        unsigned mbit;
+    } rates[] = {
+        {"8", 0, 8},        {"8Mb/s", 0, 8},         {"8mbit", 0, 8},
+        {"8M", 0, 8},       {"500Kb/s", 0, 1},       {"1500kbit", 0, 2},
+        {"1MB/s", 0, 8},    {"1.5Mb/s", 0, 2},       {"1Gb/s", 0, 1000},
+        {"2.5G", 0, 2500},  {"100Gb/s", 0, 100000},  {"0", -EINVAL, 0},
+        {"", -EINVAL, 0},   {"8 Mb", -EINVAL, 0},    {"8Xb/s", -EINVAL, 0},
+        {"-8", -EINVAL, 0}, {"101Gb/s", -ERANGE, 0}, {"99999999999", -ERANGE, 0},
+    };
+    for (size_t i = 0; i < sizeof(rates) / sizeof(rates[0]); i++) {
+        unsigned m = 0;
+        int rc = vm_rate_parse(rates[i].text, &m);
+        CHECK(rc == rates[i].rc);
+        if (rc == 0)
+            CHECK(m == rates[i].mbit);
+    }
+    round_trip("name=r\nmemory=64M\n[disk]\nfile=/d.qcow2\n[boot]\nfrom=disk\nentry=\"Old>2\"\n"
+               "cmdline=\"single quiet\"\n[nic]\nnetwork=lan\nrate=8Mb/s\n[nic]\nbridge=br0\n");
+    struct vm_def *d = parse("name=r\nmemory=64M\n[disk]\nfile=/d\n[boot]\nfrom=disk\nentry=2\n"
+                             "cmdline=single\n[nic]\nrate=1Gb/s\n");
+    CHECK(d && d->boot_entry && strcmp(d->boot_entry, "2") == 0 && d->nics[0].rate_mbit == 1000 &&
+          strcmp(d->cmdline, "single") == 0);
+    vm_def_free(d);
+    expect_error("name=r\nmemory=64M\n[nic]\nrate=fast\n", "web1.vm: line 4: rate:");
+    expect_error("name=r\nmemory=64M\n[boot]\nkernel=/k\nentry=x\n", "entry: only for from = disk");
+    expect_error("name=r\nmemory=64M\n[disk]\nfile=/d\n[boot]\nfrom=disk\ninitrd=/i\n",
+                 "initrd: needs a kernel");
+}
+
 TEST(validation_errors_name_line_and_key)
 {
     expect_error("name = a\nvcpus = 1\n\n\n\n\nmemory = 12Q\n",
@@ -241,6 +275,7 @@ TEST(import_xl_kernel_hvm_and_specs)
               strcmp(d->disks[3].format, "qcow2") == 0);
         CHECK(d->disks[4].media == VM_DISK_MEDIA_CDROM && d->disks[4].bus == VM_DISK_BUS_IDE);
         CHECK(strcmp(d->nics[0].mac, "00:16:3e:2b:11:83") == 0);
+        CHECK(d->nics[0].rate_mbit == 8); /* rate=8Mb/s@50ms: the interval is dropped */
         vm_def_free(d);
     }
     const char *hvm =
@@ -390,8 +425,11 @@ TEST(export_native_validates_and_round_trips)
     if (!a)
         return;
     a->disks[0].undo = true;
+    a->nics[0].rate_mbit = 8;
     char *xml = vm_def_to_libvirt(a);
     CHECK(xml && strstr(xml, "<transient/>"));
+    CHECK(xml && strstr(xml, "<inbound average='1000'/>") &&
+          strstr(xml, "<outbound average='1000'/>"));
     validate_xml(xml);
     CHECK_OK(vm_def_import_libvirt(xml, strlen(xml), "x.xml", &b));
     /* libvirt has no autostart or autostart delay in the XML */
