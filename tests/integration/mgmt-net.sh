@@ -315,6 +315,21 @@ else
 fi
 link_exists "$(tap_of bad2 0)" && not_ok "bad2 left a tap" || ok "bad2 left no tap"
 
+# ---- a rate limit from the definition reaches the tap ---------------------------------------------------------
+mkvm rate1 "probe.mode=idle" "network = lan
+mac = 52:56:65:00:20:04
+rate = 8Mb/s"
+RATE_TAP=$(tap_of rate1 0)
+expect_ok "start rate1 (rate = 8Mb/s)" start rate1
+qd=$(ip netns exec "$NS" tc qdisc show dev "$RATE_TAP" 2>&1 || true)
+if [[ $qd == *"tbf"*"rate 8Mbit"* ]]; then
+    ok "rate1's tap is shaped at 8 Mbit/s towards the guest (tc: ${qd%%burst*})"
+else
+    not_ok "rate1's tap has a tbf at 8Mbit"
+    echo "$qd" | diag
+fi
+expect_ok "destroy rate1" destroy rate1
+
 # ---- a NIC on a host bridge ------------------------------------------------------------------------------
 BR=vsbr$$
 ip netns exec "$NS" ip link add "$BR" type bridge
@@ -330,6 +345,15 @@ fi
 expect_ok "destroy br1" destroy br1
 link_exists "$BR_TAP" && not_ok "br1's tap left behind" || ok "destroy deleted br1's tap; bridge $BR stays"
 link_exists "$BR" || not_ok "the host bridge $BR must not be deleted"
+mkvm br3 "probe.mode=idle" "bridge = $BR
+rate = 8"
+vs start br3
+if [ "$VS_RC" -eq 1 ] && has "needs a vessel network" "$VS_ERR" && ! link_exists "$(tap_of br3 0)"; then
+    ok "a rate on a host-bridge NIC is refused at start, no tap left: $(cat "$VS_ERR")"
+else
+    not_ok "start br3 (bridge NIC with a rate) refused (exit $VS_RC)"
+    diag <"$VS_ERR"
+fi
 mkvm br2 "probe.mode=idle" "bridge = nosuchbr"
 vs start br2
 if [ "$VS_RC" -eq 1 ] && has "br2" "$VS_ERR" && has "nosuchbr does not exist" "$VS_ERR"; then
