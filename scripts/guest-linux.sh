@@ -18,6 +18,9 @@ CACHE=${1:-$ROOT/build/guest-cache}
 mkdir -p "$CACHE"
 CACHE=$(cd "$CACHE" && pwd)
 die() { echo "guest-linux: $*" >&2; exit 1; }
+# one builder at a time per cache (tests run in parallel and may both get here first)
+exec 9>"$CACHE/.lock"
+flock -w 600 9 || die "$CACHE is locked by another build for 10 minutes"
 
 # ---- the kernel -----------------------------------------------------------------------------------
 kernel=$(ls "$CACHE"/root/boot/vmlinuz-* 2>/dev/null | head -1 || true)
