@@ -36,7 +36,8 @@ static void net_usage(FILE *out)
             "  start NAME | stop NAME [--force]   stop refuses while a VM holds one of its taps\n"
             "  attach NAME --tap TAP [--mac MAC] [--ip IP] [--rate-mbit N]\n"
             "  detach NAME --tap TAP\n"
-            "  leases NAME\n\n"
+            "  leases NAME\n"
+            "  lease-event NAME add|old|del MAC IP   dnsmasq's dhcp-script (internal)\n\n"
             "State lives in --state DIR (default %s).\n",
             VS_NET_DEFAULT_STATE_DIR);
 }
@@ -417,6 +418,34 @@ static int verb_leases(struct vs_net_store *store, const char *name, bool json)
     return 0;
 }
 
+/* dnsmasq runs NAME.run/lease-hook with ACTION MAC IP [HOSTNAME] and the lease's expiry in its
+ * environment (DNSMASQ_LEASE_EXPIRES, or DNSMASQ_LEASE_LENGTH on hosts without a real-time
+ * clock). */
+static int verb_lease_event(struct vs_net_store *store, int argc, char **argv)
+{
+    if (argc < 5 || argc > 6) {
+        fprintf(stderr, "usage: vessel net lease-event NAME add|old|del MAC IP [HOSTNAME]\n");
+        return 2;
+    }
+    struct vs_net_lease l = {0};
+    if (vs_mac_parse(argv[3], &l.mac) < 0 || vs_ipv4_parse(argv[4], &l.ip) < 0)
+        return fail("lease-event");
+    const char *expires = getenv("DNSMASQ_LEASE_EXPIRES");
+    const char *length = getenv("DNSMASQ_LEASE_LENGTH");
+    char *end;
+    if (expires && *expires) {
+        l.expiry = strtoll(expires, &end, 10);
+        if (*end || l.expiry < 0)
+            l.expiry = 0;
+    } else if (length && *length) {
+        long long secs = strtoll(length, &end, 10);
+        l.expiry = (!*end && secs > 0) ? (int64_t)time(NULL) + secs : 0;
+    }
+    if (vs_net_lease_event(store, argv[1], argv[2], &l) < 0)
+        return fail("lease-event");
+    return 0;
+}
+
 int cli_net_main(int argc, char **argv)
 {
     const char *state = NULL;
@@ -467,6 +496,8 @@ int cli_net_main(int argc, char **argv)
         rc = verb_list(store, json);
     } else if (!strcmp(verb, "attach") || !strcmp(verb, "detach")) {
         rc = verb_attach(store, vargc, vargv, json, verb[0] == 'd');
+    } else if (!strcmp(verb, "lease-event")) {
+        rc = verb_lease_event(store, vargc, vargv);
     } else if (!name || vargc > 2) {
         fprintf(stderr, "vessel net %s: expected one network NAME\n", verb);
         rc = 2;

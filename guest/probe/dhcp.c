@@ -239,6 +239,118 @@ static bool dhcp_parse(const u8 *f, u32 len, const u8 *mac, u32 xid, struct dhcp
     return true;
 }
 
+/* "a.b.c.d" at *s up to a ',' or the end; advances *s past it. */
+static bool parse_ipv4(const char **s, u32 *out)
+{
+    u32 a = 0;
+    const char *p = *s;
+    for (int i = 0; i < 4; i++) {
+        u64 part;
+        const char *end;
+        if (!parse_u64(p, &end, &part) || part > 255 || end == p || (i < 3 && *end != '.'))
+            return false;
+        a = a << 8 | (u32)part;
+        p = i < 3 ? end + 1 : end;
+    }
+    if (*p && *p != ',')
+        return false;
+    *s = p;
+    *out = a;
+    return true;
+}
+
+/* A UDP datagram to the router's discard port from `src` (any address: the point is to test
+ * the host's anti-spoofing), to the broadcast MAC so no ARP is needed. */
+static u32 udp_build(u8 *frame, const u8 *mac, u32 src, u32 dst, u16 id)
+{
+    static const char payload[] = "VPRB spoof test";
+    u32 udp_len = UDP_HDR + sizeof(payload), ip_len = IP_HDR + udp_len;
+    memset(frame, 0, ETH_HDR + ip_len);
+    memset(frame, 0xff, 6);
+    memcpy(frame + 6, mac, 6);
+    put16(frame + 12, 0x0800);
+    u8 *ip = frame + ETH_HDR;
+    ip[0] = 0x45;
+    put16(ip + 2, (u16)ip_len);
+    put16(ip + 4, id);
+    ip[8] = 64;
+    ip[9] = 17;
+    put32(ip + 12, src);
+    put32(ip + 16, dst);
+    put16(ip + 10, csum_fold(csum_add(0, ip, IP_HDR)));
+    u8 *udp = ip + IP_HDR;
+    put16(udp, 40000);
+    put16(udp + 2, 9);
+    put16(udp + 4, (u16)udp_len);
+    memcpy(udp + UDP_HDR, payload, sizeof(payload));
+    u32 sum = csum_add(0, ip + 12, 8) + 17 + udp_len;
+    u16 c = csum_fold(csum_add(sum, udp, udp_len));
+    put16(udp + 6, c ? c : 0xffff);
+    return ETH_HDR + ip_len;
+}
+
+/* A gratuitous ARP request: "src is at mac", sender and target IP both src. */
+static u32 arp_build(u8 *frame, const u8 *mac, u32 src)
+{
+    memset(frame, 0, 60);
+    memset(frame, 0xff, 6);
+    memcpy(frame + 6, mac, 6);
+    put16(frame + 12, 0x0806);
+    u8 *a = frame + ETH_HDR;
+    put16(a, 1);          /* Ethernet */
+    put16(a + 2, 0x0800); /* IPv4 */
+    a[4] = 6;
+    a[5] = 4;
+    put16(a + 6, 1); /* request */
+    memcpy(a + 8, mac, 6);
+    put32(a + 14, src);
+    put32(a + 24, src);
+    return 60;
+}
+
+/*
+ * probe.dhcp.send_from=IP[,IP…] ("lease" = the address just leased): after the ACK, send
+ * probe.dhcp.send_count rounds, probe.dhcp.send_gap_ms apart, of one UDP datagram to the router
+ * (else the server) port 9 and one gratuitous ARP from each address. The host counts what got
+ * through; the probe only reports what it sent (dhcp.sent).
+ */
+static int dhcp_send_from(const u8 *mac, u32 lease, u32 router)
+{
+    const char *list = param_str("probe.dhcp.send_from", NULL);
+    if (!list)
+        return 0;
+    u64 count = param_u64("probe.dhcp.send_count", 5);
+    u64 gap_ms = param_u64("probe.dhcp.send_gap_ms", 100);
+    static u8 frame[FRAME_CAP];
+    u64 sent = 0;
+    for (u64 round = 0; round < count; round++) {
+        const char *s = list;
+        while (*s) {
+            u32 src;
+            if (!strncmp(s, "lease", 5) && (s[5] == ',' || !s[5])) {
+                src = lease;
+                s += 5;
+            } else if (!parse_ipv4(&s, &src)) {
+                return test_error("dhcp: probe.dhcp.send_from '%s': not IPv4 addresses", list);
+            }
+            if (*s == ',')
+                s++;
+            u32 n = udp_build(frame, mac, src, router, (u16)(sent + 1));
+            if (net_raw_send(frame, n) < 0)
+                return test_error("dhcp: cannot queue a frame");
+            n = arp_build(frame, mac, src);
+            if (net_raw_send(frame, n) < 0)
+                return test_error("dhcp: cannot queue a frame");
+            sent += 2;
+        }
+        u64 until = rdtsc() + us_to_cycles(gap_ms * 1000);
+        while (rdtsc() < until)
+            net_raw_recv(frame, 0, NULL); /* keep the receive ring moving */
+    }
+    result("dhcp", "sent", "%llu", (unsigned long long)sent);
+    return 0;
+}
+
 static void put_ip(const char *key, u32 a)
 {
     result("dhcp", key, "%u.%u.%u.%u", a >> 24, (a >> 16) & 0xff, (a >> 8) & 0xff, a & 0xff);
@@ -311,7 +423,7 @@ int dhcp_run(void)
                 result("dhcp", "lease", "%u", r.lease_s);
                 result("dhcp", "us", "%llu", (unsigned long long)us);
                 result("dhcp", "dropped", "%llu", (unsigned long long)dropped);
-                return 0;
+                return dhcp_send_from(mac, r.yiaddr, r.router ? r.router : r.server_id);
             } else {
                 dropped++;
             }

@@ -231,12 +231,24 @@ int vs_net_leases(struct vs_net_store *store, const char *name, struct vs_net_le
 /* Parse dnsmasq's leases format ("EXPIRY MAC IP HOSTNAME CLIENTID" lines). */
 int vs_net_leases_parse(const char *text, struct vs_net_lease **out, size_t *count);
 
+/*
+ * dnsmasq's dhcp-script for a NAT network (`vessel net lease-event NAME ACTION MAC IP`): "add"
+ * and "old" record that lease->mac holds lease->ip until lease->expiry (0 = infinite), "del"
+ * forgets it, and the running set `leased` of table bridge vessel_NAME is brought in line, so
+ * the guest may send IPv4 and ARP from that address only. Other actions are ignored. A lease
+ * outside the network's subnet is refused (-EINVAL).
+ */
+int vs_net_lease_event(struct vs_net_store *store, const char *name, const char *action,
+                       const struct vs_net_lease *lease);
+
 /* Where things live (for tests and docs): "<dir>/<name>.run". Caller frees. */
 char *vs_net_run_dir(struct vs_net_store *store, const char *name);
 
-/* The generated nftables ruleset for a network and its taps (what start/attach load). */
-char *vs_net_nft_ruleset(const struct vs_net_def *def, const struct vs_net_tap *taps,
-                         size_t n_taps);
+/* The generated nftables ruleset for a network and its taps (what start/attach load). leases:
+ * the addresses dnsmasq leased (vs_net_lease_event's record), pre-loaded into the set of allowed
+ * (MAC . IPv4) pairs next to the taps' given addresses and the reservations. */
+char *vs_net_nft_ruleset(const struct vs_net_def *def, const struct vs_net_tap *taps, size_t n_taps,
+                         const struct vs_net_lease *leases, size_t n_leases);
 /* The generated dnsmasq configuration. */
 char *vs_net_dnsmasq_config(const struct vs_net_def *def, const char *run_dir);
 

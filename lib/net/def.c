@@ -121,6 +121,20 @@ static int check_net_name(const char *name)
     return 0;
 }
 
+/* Interface names and hostnames end up in dnsmasq.conf, the nftables ruleset and the text
+ * format, one directive a line: only characters that mean nothing in any of them. */
+bool net_word_ok(const char *s, size_t max)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return n > 0 && n <= max;
+}
+
 int vs_net_def_validate(struct vs_net_def *def)
 {
     int rc = check_net_name(def->name);
@@ -145,13 +159,20 @@ int vs_net_def_validate(struct vs_net_def *def)
         if (!def->bridge)
             return -ENOMEM;
     }
-    if (strlen(def->bridge) > VS_NET_IFNAME_MAX || !def->bridge[0])
-        return vs_error(-EINVAL, "network %s: bridge name '%s' longer than %d characters", n,
+    if (!net_word_ok(def->bridge, VS_NET_IFNAME_MAX))
+        return vs_error(-EINVAL,
+                        "network %s: bridge name '%s': 1-%d letters, digits, '-', '_' or '.'", n,
                         def->bridge, VS_NET_IFNAME_MAX);
+    if (def->vxlan_dev && !net_word_ok(def->vxlan_dev, VS_NET_IFNAME_MAX))
+        return vs_error(-EINVAL,
+                        "network %s: vxlan-dev '%s': 1-%d letters, digits, '-', '_' or '.'", n,
+                        def->vxlan_dev, VS_NET_IFNAME_MAX);
     if (def->mtu && (def->mtu < 68 || def->mtu > 65535))
         return vs_error(-EINVAL, "network %s: mtu %u out of range (68-65535)", n, def->mtu);
     if (def->kind == VS_NET_NAT && !def->prefix)
         return vs_error(-EINVAL, "network %s: kind nat needs --subnet", n);
+    if (def->prefix && (def->prefix < 8 || def->prefix > 30))
+        return vs_error(-EINVAL, "network %s: prefix length /%u: must be 8-30", n, def->prefix);
     if (def->prefix) {
         uint32_t m = prefix_mask(def->prefix);
         def->subnet &= m;
@@ -181,6 +202,11 @@ int vs_net_def_validate(struct vs_net_def *def)
     }
     for (size_t i = 0; i < def->n_reservations; i++) {
         struct vs_net_reservation *r = &def->reservations[i];
+        if (r->hostname && !net_word_ok(r->hostname, 63))
+            return vs_error(-EINVAL,
+                            "network %s: reservation hostname '%s': 1-63 letters, digits, '-', "
+                            "'_' or '.'",
+                            n, r->hostname);
         if (!in_subnet(r->ip, def->subnet, def->prefix))
             return vs_error(-EINVAL, "network %s: reservation %s is not inside the subnet", n,
                             vs_ipv4_format(r->ip, a));
@@ -250,6 +276,7 @@ static int parse_ip_list(const char *v, uint32_t **list, size_t *n)
     if (!copy)
         return -ENOMEM;
     int rc = 0;
+    size_t n_before = *n;
     for (char *tok = strtok_r(copy, ", ", &save); tok && rc == 0;
          tok = strtok_r(NULL, ", ", &save)) {
         uint32_t ip = 0;
@@ -258,14 +285,16 @@ static int parse_ip_list(const char *v, uint32_t **list, size_t *n)
             rc = add_u32(list, n, ip);
     }
     free(copy);
+    if (rc == 0 && *n == n_before)
+        rc = vs_error(-EINVAL, "'%s': expected IP[, IP…]", v);
     return rc;
 }
 
 int vs_net_def_add_reservation(struct vs_net_def *def, const char *text)
 {
-    char mac[64], ip[64], host[64] = "";
-    int n = sscanf(text, "%63s %63s %63s", mac, ip, host);
-    if (n < 2)
+    char mac[64], ip[64], host[64] = "", extra[2];
+    int n = sscanf(text, "%63s %63s %63s %1s", mac, ip, host, extra);
+    if (n < 2 || n > 3)
         return vs_error(-EINVAL, "reservation '%s': expected 'MAC IP [HOSTNAME]'", text);
     struct vs_net_reservation r = {0};
     int rc = vs_mac_parse(mac, &r.mac);
@@ -322,7 +351,7 @@ int vs_net_def_set(struct vs_net_def *def, const char *key, const char *v)
         rc = parse_ip_list(v, &l, &n);
         if (rc == 0 && n > VS_ARRAY_SIZE(def->dns))
             rc = vs_error(-EINVAL, "dns: at most %zu servers", VS_ARRAY_SIZE(def->dns));
-        if (rc == 0) {
+        if (rc == 0 && n) {
             memcpy(def->dns, l, n * sizeof(*l));
             def->n_dns = n;
         }
@@ -591,8 +620,12 @@ int vs_net_def_from_libvirt_xml(const char *xml, size_t len, struct vs_net_def *
                           addr ? addr : "");
         else if (mask && (vs_ipv4_parse(mask, &m) < 0 || mask_to_prefix(m, &p) < 0))
             rc = vs_error(-EINVAL, "libvirt network XML: netmask '%s' invalid", mask);
-        else if (prefix && (p = (uint32_t)atoi(prefix)) == 0)
-            rc = vs_error(-EINVAL, "libvirt network XML: prefix '%s' invalid", prefix);
+        else if (prefix) {
+            unsigned long x = 0;
+            if (parse_uint(prefix, 32, &x) < 0 || x == 0)
+                rc = vs_error(-EINVAL, "libvirt network XML: prefix '%s' invalid", prefix);
+            p = (uint32_t)x;
+        }
         free(addr);
         free(mask);
         free(prefix);

@@ -23,4 +23,8 @@ void sb_printf(struct strbuf *sb, const char *fmt, ...) VS_PRINTF(2, 3);
 /* The string (caller frees), or NULL with -ENOMEM set. */
 char *sb_finish(struct strbuf *sb);
 
+/* s is 1-max characters of [A-Za-z0-9._-]: safe as an interface name or hostname in every
+ * generated config (no spaces, quotes, commas or line breaks). */
+bool net_word_ok(const char *s, size_t max);
+
 #endif

@@ -9,6 +9,9 @@
  * and the generated nft.conf and dnsmasq.conf. Each change regenerates the network's whole
  * nftables ruleset from that state and loads it in one `nft -f` transaction (the tables are
  * vessel's own: `bridge vessel_NAME`, `ip vessel_NAME`), so rules never drift from the taps.
+ * On NAT networks dnsmasq's dhcp-script (`vessel net lease-event`) records each lease in
+ * NAME.run/leased and replaces the elements of the table's set `leased` (MAC . IPv4) — only the
+ * set, so rules and counters stay — and every regenerated ruleset starts from that file.
  * The store holds an flock on DIR/.lock for its lifetime: one writer at a time (CLI or daemon).
  */
 #include <arpa/inet.h>
@@ -590,9 +593,10 @@ int vs_net_define(struct vs_net_store *store, struct vs_net_def *def)
 
 static void remove_run_dir(struct vs_net_store *s, const char *name)
 {
-    static const char *const files[] = {"taps",         "started",           "nft.conf",
-                                        "dnsmasq.conf", "dnsmasq.pid",       "dnsmasq.leases",
-                                        "bridge-made",  "dnsmasq.leases.tmp"};
+    static const char *const files[] = {
+        "taps",        "started",        "nft.conf",       "dnsmasq.conf",
+        "dnsmasq.pid", "dnsmasq.leases", "bridge-made",    "dnsmasq.leases.tmp",
+        "leased",      "lease-hook",     "lease-hook.log", "nft-leased.conf"};
     for (size_t i = 0; i < VS_ARRAY_SIZE(files); i++)
         run_file_remove(s, name, files[i]);
     char *dir = vs_net_run_dir(s, name);
@@ -655,6 +659,9 @@ char *vs_net_dnsmasq_config(const struct vs_net_def *def, const char *run_dir)
     sb_printf(&sb, "interface=%s\nbind-interfaces\nexcept-interface=lo\n", def->bridge);
     sb_printf(&sb, "no-resolv\nno-hosts\nstrict-order\ndhcp-authoritative\n");
     sb_printf(&sb, "pid-file=%s/dnsmasq.pid\ndhcp-leasefile=%s/dnsmasq.leases\n", run_dir, run_dir);
+    /* every lease change reaches `vessel net lease-event`, which feeds the anti-spoofing set;
+     * renewals too, so the recorded expiry stays true */
+    sb_printf(&sb, "dhcp-script=%s/lease-hook\nscript-on-renewal\n", run_dir);
     sb_printf(&sb, "dhcp-range=%s,%s,%s,%u\n", vs_ipv4_format(def->dhcp_first, a),
               vs_ipv4_format(def->dhcp_last, b), vs_ipv4_format(mask, c), def->lease_seconds);
     sb_printf(&sb, "dhcp-option=option:router,%s\n", vs_ipv4_format(def->gateway, a));
@@ -675,6 +682,84 @@ char *vs_net_dnsmasq_config(const struct vs_net_def *def, const char *run_dir)
     return sb_finish(&sb);
 }
 
+/* The vessel program that dnsmasq's hook runs: this program when it is `vessel`, else a
+ * `vessel` next to it (vesseld) or in ../bin (a test binary), else one on the usual paths. */
+static char *vessel_program(void)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (n > 0) {
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        if (slash && !strcmp(slash + 1, "vessel"))
+            return vs_strdup(self);
+        if (slash) {
+            *slash = 0;
+            static const char *const near[] = {"/vessel", "/../bin/vessel"};
+            for (size_t i = 0; i < VS_ARRAY_SIZE(near); i++) {
+                char *p = vs_asprintf("%s%s", self, near[i]);
+                if (p && access(p, X_OK) == 0)
+                    return p;
+                free(p);
+            }
+        }
+    }
+    const char *found = find_program("vessel");
+    return found ? vs_strdup(found) : NULL;
+}
+
+/* 'text' for sh, whatever it contains. */
+static void sb_shell_quote(struct strbuf *sb, const char *text)
+{
+    sb_printf(sb, "'");
+    for (const char *p = text; *p; p++) {
+        if (*p == '\'')
+            sb_printf(sb, "'\\''");
+        else
+            sb_printf(sb, "%c", *p);
+    }
+    sb_printf(sb, "'");
+}
+
+/* NAME.run/lease-hook: dnsmasq's dhcp-script, `vessel net --state DIR lease-event NAME ACTION MAC
+ * IP [HOSTNAME]`; what it prints goes to lease-hook.log. */
+static int lease_hook_write(struct vs_net_store *s, const char *name)
+{
+    char *prog = vessel_program();
+    char *log = run_path(s, name, "lease-hook.log");
+    struct strbuf sb = {0};
+    sb_printf(&sb, "#!/bin/sh\n# dnsmasq's dhcp-script for vessel network %s (generated)\n", name);
+    if (prog) {
+        sb_printf(&sb, "exec ");
+        sb_shell_quote(&sb, prog);
+        sb_printf(&sb, " net --state ");
+        sb_shell_quote(&sb, s->dir);
+        sb_printf(&sb, " lease-event ");
+        sb_shell_quote(&sb, name);
+        sb_printf(&sb, " \"$@\" 2>>");
+        sb_shell_quote(&sb, log ? log : "/dev/null");
+        sb_printf(&sb, "\n");
+    } else {
+        vs_warn("network %s: no vessel program found for dnsmasq's lease hook: guests with "
+                "dynamic leases cannot send IPv4 until it is installed",
+                name);
+        sb_printf(&sb, "echo 'vessel was not found when the network started' >&2\nexit 1\n");
+    }
+    free(prog);
+    free(log);
+    char *text = sb_finish(&sb);
+    if (!text)
+        return -ENOMEM;
+    int rc = run_file_write(s, name, "lease-hook", text);
+    free(text);
+    char *path = run_path(s, name, "lease-hook");
+    if (rc == 0 && (!path || chmod(path, 0755) < 0))
+        rc = vs_error_errno(path ? -errno : -ENOMEM, "%s: cannot make it executable",
+                            path ? path : "lease-hook");
+    free(path);
+    return rc;
+}
+
 static int dnsmasq_start(struct vs_net_store *s, const struct vs_net_def *def)
 {
     if (dnsmasq_pid(s, def->name))
@@ -683,6 +768,8 @@ static int dnsmasq_start(struct vs_net_store *s, const struct vs_net_def *def)
     char *conf = run_dir ? vs_net_dnsmasq_config(def, run_dir) : NULL;
     char *conf_path = run_path(s, def->name, "dnsmasq.conf");
     int rc = (run_dir && conf && conf_path) ? 0 : -ENOMEM;
+    if (rc == 0)
+        rc = lease_hook_write(s, def->name);
     if (rc == 0)
         rc = run_file_write(s, def->name, "dnsmasq.conf", conf);
     if (rc == 0) {
@@ -737,7 +824,66 @@ static char *nft_table_name(const char *net)
     return t;
 }
 
-char *vs_net_nft_ruleset(const struct vs_net_def *def, const struct vs_net_tap *taps, size_t n_taps)
+/* Skip leases dnsmasq let expire more than a minute ago (its "del" event may be late or lost
+ * while it was not running); 0 is an infinite lease. */
+static bool lease_current(const struct vs_net_lease *l, int64_t now)
+{
+    return l->expiry == 0 || l->expiry + 60 >= now;
+}
+
+/* The elements of the set `leased` (MAC . IPv4): the taps' given addresses, the reservations and
+ * dnsmasq's current leases, each pair once. Returns how many were printed. */
+static size_t leased_elements(struct strbuf *sb, const struct vs_net_def *def,
+                              const struct vs_net_tap *taps, size_t n_taps,
+                              const struct vs_net_lease *leases, size_t n_leases)
+{
+    size_t total = n_taps + def->n_reservations + n_leases, n = 0;
+    struct vs_net_lease *pairs = vs_calloc(total + 1, sizeof(*pairs));
+    if (!pairs) {
+        sb->failed = true;
+        return 0;
+    }
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < total; i++) {
+        struct vs_net_lease p = {0};
+        if (i < n_taps) {
+            if (!taps[i].ip)
+                continue;
+            p.mac = taps[i].mac;
+            p.ip = taps[i].ip;
+        } else if (i < n_taps + def->n_reservations) {
+            p.mac = def->reservations[i - n_taps].mac;
+            p.ip = def->reservations[i - n_taps].ip;
+        } else {
+            const struct vs_net_lease *l = &leases[i - n_taps - def->n_reservations];
+            if (!lease_current(l, now))
+                continue;
+            p = *l;
+        }
+        bool seen = false;
+        for (size_t j = 0; j < n && !seen; j++)
+            seen = vs_mac_equal(&pairs[j].mac, &p.mac) && pairs[j].ip == p.ip;
+        if (!seen)
+            pairs[n++] = p;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char m[18], a[16];
+        sb_printf(sb, "%s%s . %s", i ? ", " : "", vs_mac_format(&pairs[i].mac, m),
+                  vs_ipv4_format(pairs[i].ip, a));
+    }
+    free(pairs);
+    return n;
+}
+
+/* A tap whose IPv4 source addresses are checked: one with a known address, and every tap of a
+ * NAT network with DHCP (its address is the lease dnsmasq gives its MAC). */
+static bool tap_ip_checked(const struct vs_net_def *def, const struct vs_net_tap *t)
+{
+    return t->ip || (def->kind == VS_NET_NAT && def->dhcp_first);
+}
+
+char *vs_net_nft_ruleset(const struct vs_net_def *def, const struct vs_net_tap *taps, size_t n_taps,
+                         const struct vs_net_lease *leases, size_t n_leases)
 {
     char *table = nft_table_name(def->name);
     if (!table)
@@ -749,27 +895,51 @@ char *vs_net_nft_ruleset(const struct vs_net_def *def, const struct vs_net_tap *
     /* "add" then "delete" then the table: replaces it whether or not it existed, atomically */
     sb_printf(&sb, "add table bridge %s\ndelete table bridge %s\n", table, table);
     sb_printf(&sb, "table bridge %s {\n", table);
+    /* the (MAC . IPv4) pairs a guest may send from; `vessel net lease-event` (dnsmasq's
+     * dhcp-script) keeps the leased ones in sync without touching the rules or their counters */
+    sb_printf(&sb, "    set leased {\n        type ether_addr . ipv4_addr\n");
+    struct strbuf elems = {0};
+    size_t n_elems = leased_elements(&elems, def, taps, n_taps, leases, n_leases);
+    char *elem_text = sb_finish(&elems);
+    if (!elem_text)
+        sb.failed = true;
+    else if (n_elems)
+        sb_printf(&sb, "        elements = { %s }\n", elem_text);
+    free(elem_text);
+    sb_printf(&sb, "    }\n");
     sb_printf(&sb, "    chain guest_in {\n"
                    "        type filter hook prerouting priority -200; policy accept;\n");
     for (size_t i = 0; i < n_taps; i++) {
         const struct vs_net_tap *t = &taps[i];
         vs_mac_format(&t->mac, m);
-        sb_printf(&sb, "        iifname \"%s\" ether saddr != %s counter drop\n", t->name, m);
-        sb_printf(&sb, "        iifname \"%s\" arp saddr ether != %s counter drop\n", t->name, m);
-        if (t->ip) {
-            vs_ipv4_format(t->ip, a);
-            sb_printf(&sb,
-                      "        iifname \"%s\" ether type ip ip saddr != { 0.0.0.0, %s } "
-                      "counter drop\n",
-                      t->name, a);
-            sb_printf(&sb, "        iifname \"%s\" arp saddr ip != %s counter drop\n", t->name, a);
-        }
         if (t->rate_mbit) {
             /* what the guest sends: nftables' byte limit (its bucket holds one second of rate,
-             * so a guest may burst that much before the limit bites; sustained rate is exact) */
+             * so a guest may burst that much before the limit bites; sustained rate is exact).
+             * First, so that the DHCP accept below cannot bypass it. */
             sb_printf(&sb,
                       "        iifname \"%s\" limit rate over %llu bytes/second counter drop\n",
                       t->name, (unsigned long long)t->rate_mbit * 125000);
+        }
+        sb_printf(&sb, "        iifname \"%s\" ether saddr != %s counter drop\n", t->name, m);
+        sb_printf(&sb, "        iifname \"%s\" arp saddr ether != %s counter drop\n", t->name, m);
+        if (tap_ip_checked(def, t)) {
+            /* a VLAN tag would hide the IPv4 header from the checks below */
+            sb_printf(&sb, "        iifname \"%s\" ether type { 8021q, 8021ad } counter drop\n",
+                      t->name);
+            /* DHCP before the guest has an address: DISCOVER/REQUEST from 0.0.0.0 only */
+            sb_printf(&sb,
+                      "        iifname \"%s\" ip saddr 0.0.0.0 ip daddr 255.255.255.255 "
+                      "udp sport 68 udp dport 67 accept\n",
+                      t->name);
+            sb_printf(&sb,
+                      "        iifname \"%s\" ether type ip ether saddr . ip saddr != @leased "
+                      "counter drop\n",
+                      t->name);
+            /* ARP probes (RFC 5227) come from 0.0.0.0 and teach nobody anything */
+            sb_printf(&sb,
+                      "        iifname \"%s\" arp saddr ip != 0.0.0.0 "
+                      "arp saddr ether . arp saddr ip != @leased counter drop\n",
+                      t->name);
         }
     }
     sb_printf(&sb, "    }\n");
@@ -797,13 +967,60 @@ char *vs_net_nft_ruleset(const struct vs_net_def *def, const struct vs_net_tap *
     return sb_finish(&sb);
 }
 
+/* ---- leased addresses: NAME.run/leased, kept by dnsmasq's dhcp-script ------------------------ */
+
+/* The hook's own record of dnsmasq's leases, in dnsmasq's leases format ("EXPIRY MAC IP *"), so
+ * that a regenerated ruleset starts with them and no lease event is lost to a reload. */
+static int leased_load(struct vs_net_store *s, const char *name, struct vs_net_lease **out,
+                       size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    char *p = run_path(s, name, "leased"), *text = NULL;
+    if (!p)
+        return -ENOMEM;
+    int rc = read_file(p, &text);
+    free(p);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0)
+        return vs_error_errno(rc, "network %s: cannot read its leased addresses", name);
+    rc = vs_net_leases_parse(text, out, count);
+    free(text);
+    return rc;
+}
+
+static int leased_save(struct vs_net_store *s, const char *name, const struct vs_net_lease *l,
+                       size_t n)
+{
+    struct strbuf sb = {0};
+    sb_printf(&sb, "# expiry mac ip (dnsmasq's leases, as its dhcp-script reported them)\n");
+    for (size_t i = 0; i < n; i++) {
+        char m[18], a[16];
+        sb_printf(&sb, "%lld %s %s *\n", (long long)l[i].expiry, vs_mac_format(&l[i].mac, m),
+                  vs_ipv4_format(l[i].ip, a));
+    }
+    char *text = sb_finish(&sb);
+    if (!text)
+        return -ENOMEM;
+    int rc = run_file_write(s, name, "leased", text);
+    free(text);
+    return rc;
+}
+
 static int nft_load(struct vs_net_store *s, const struct vs_net_def *def,
                     const struct vs_net_tap *taps, size_t n_taps)
 {
-    char *rules = vs_net_nft_ruleset(def, taps, n_taps);
+    struct vs_net_lease *leases = NULL;
+    size_t n_leases = 0;
+    int rc = leased_load(s, def->name, &leases, &n_leases);
+    if (rc < 0)
+        return rc;
+    char *rules = vs_net_nft_ruleset(def, taps, n_taps, leases, n_leases);
+    free(leases);
     if (!rules)
         return -ENOMEM;
-    int rc = run_file_write(s, def->name, "nft.conf", rules);
+    rc = run_file_write(s, def->name, "nft.conf", rules);
     free(rules);
     char *path = run_path(s, def->name, "nft.conf");
     if (rc == 0 && path) {
@@ -1209,6 +1426,13 @@ out:
 
 /* ---- leases ---------------------------------------------------------------------------------- */
 
+/* A unicast IPv4 address a guest may hold: not 0.0.0.0/8, loopback, multicast or broadcast. */
+static bool ipv4_is_host(uint32_t ip_be)
+{
+    uint32_t ip = ntohl(ip_be);
+    return (ip >> 24) != 0 && (ip >> 24) != 127 && (ip >> 28) < 0xe;
+}
+
 int vs_net_leases_parse(const char *text, struct vs_net_lease **out, size_t *count)
 {
     struct vs_net_lease *list = NULL;
@@ -1223,9 +1447,11 @@ int vs_net_leases_parse(const char *text, struct vs_net_lease **out, size_t *cou
         if (sscanf(line, "%lld %63s %63s %63s", &expiry, mac, ip, host) < 3)
             continue;
         struct vs_net_lease l = {.expiry = expiry};
-        if (vs_mac_parse(mac, &l.mac) < 0 || vs_ipv4_parse(ip, &l.ip) < 0)
+        if (vs_mac_parse(mac, &l.mac) < 0 || vs_ipv4_parse(ip, &l.ip) < 0 || !ipv4_is_host(l.ip))
             continue;
-        snprintf(l.hostname, sizeof(l.hostname), "%s", strcmp(host, "*") ? host : "");
+        /* the hostname is the guest's choice: keep it only when it is a plain name */
+        if (strcmp(host, "*") && net_word_ok(host, sizeof(l.hostname) - 1))
+            snprintf(l.hostname, sizeof(l.hostname), "%s", host);
         struct vs_net_lease *g = realloc(list, (n + 1) * sizeof(*g));
         if (!g) {
             free(list);
@@ -1267,5 +1493,117 @@ int vs_net_leases(struct vs_net_store *store, const char *name, struct vs_net_le
         return vs_error_errno(rc, "network %s: cannot read the leases", name);
     rc = vs_net_leases_parse(text, out, count);
     free(text);
+    return rc;
+}
+
+/* ---- lease events: dnsmasq's dhcp-script → the anti-spoofing set --------------------------- */
+
+/* Replace the elements of the running set `leased` in one transaction (flush + add): the rules
+ * and their counters stay as they are. */
+static int nft_set_sync(struct vs_net_store *s, const struct vs_net_def *def,
+                        const struct vs_net_lease *leases, size_t n_leases)
+{
+    struct vs_net_tap *taps = NULL;
+    size_t n_taps = 0;
+    int rc = taps_load(s, def->name, &taps, &n_taps);
+    if (rc < 0)
+        return rc;
+    char *table = nft_table_name(def->name);
+    struct strbuf sb = {0}, elems = {0};
+    size_t n = leased_elements(&elems, def, taps, n_taps, leases, n_leases);
+    char *elem_text = sb_finish(&elems);
+    if (!table || !elem_text)
+        sb.failed = true;
+    sb_printf(&sb, "flush set bridge %s leased\n", table ? table : "");
+    if (n)
+        sb_printf(&sb, "add element bridge %s leased { %s }\n", table ? table : "", elem_text);
+    char *text = sb_finish(&sb);
+    free(elem_text);
+    free(table);
+    free(taps);
+    if (!text)
+        return -ENOMEM;
+    rc = run_file_write(s, def->name, "nft-leased.conf", text);
+    free(text);
+    char *path = run_path(s, def->name, "nft-leased.conf");
+    if (rc == 0 && path) {
+        char *argv[] = {"nft", "-f", path, NULL};
+        char what[96];
+        snprintf(what, sizeof(what), "network %s: nftables set leased", def->name);
+        rc = run_program(what, argv, NULL, 0);
+    }
+    free(path);
+    return rc;
+}
+
+int vs_net_lease_event(struct vs_net_store *store, const char *name, const char *action,
+                       const struct vs_net_lease *lease)
+{
+    bool add = !strcmp(action, "add") || !strcmp(action, "old");
+    if (!add && strcmp(action, "del"))
+        return 0; /* dnsmasq's tftp and arp-* events say nothing about leases */
+    struct vs_net_def def;
+    int rc = vs_net_get(store, name, &def);
+    if (rc < 0)
+        return rc;
+    struct vs_net_lease *leases = NULL;
+    size_t n = 0;
+    char m[18], a[16];
+    vs_mac_format(&lease->mac, m);
+    vs_ipv4_format(lease->ip, a);
+    if (def.kind != VS_NET_NAT || !def.prefix) {
+        rc = vs_error(-EINVAL, "network %s has no DHCP server (only kind nat does)", name);
+        goto out;
+    }
+    if (add && (vs_mac_validate(&lease->mac) < 0 || !ipv4_is_host(lease->ip) ||
+                (lease->ip & htonl(~0u << (32 - def.prefix))) != def.subnet)) {
+        char b[16];
+        rc = vs_error(-EINVAL, "network %s: lease %s for %s is not an address of %s/%u", name, a, m,
+                      vs_ipv4_format(def.subnet, b), def.prefix);
+        goto out;
+    }
+    rc = leased_load(store, name, &leases, &n);
+    if (rc < 0)
+        goto out;
+    /* one lease per MAC and per address: a new one replaces whatever either had */
+    size_t kept = 0;
+    int64_t now = (int64_t)time(NULL);
+    for (size_t i = 0; i < n; i++) {
+        bool same_mac = vs_mac_equal(&leases[i].mac, &lease->mac);
+        bool same_ip = leases[i].ip == lease->ip;
+        bool drop = add ? (same_mac || same_ip) : (same_mac && same_ip);
+        if (!drop && lease_current(&leases[i], now))
+            leases[kept++] = leases[i];
+    }
+    n = kept;
+    if (add) {
+        struct vs_net_lease *l = realloc(leases, (n + 1) * sizeof(*l));
+        if (!l) {
+            rc = vs_error(-ENOMEM, "out of memory");
+            goto out;
+        }
+        leases = l;
+        leases[n] = *lease;
+        leases[n].hostname[0] = 0;
+        n++;
+    }
+    rc = leased_save(store, name, leases, n);
+    if (rc == 0 && run_file_exists(store, name, "started")) {
+        rc = nft_set_sync(store, &def, leases, n);
+        if (rc < 0) {
+            /* the table is gone or damaged (a flushed ruleset): load it whole again, from the
+             * files, which already hold this lease */
+            struct vs_net_tap *taps = NULL;
+            size_t n_taps = 0;
+            vs_error_clear();
+            rc = taps_load(store, name, &taps, &n_taps);
+            if (rc == 0)
+                rc = nft_load(store, &def, taps, n_taps);
+            free(taps);
+        }
+    }
+out:
+    free(leases);
+    vs_net_def_free(&def);
     return rc;
 }

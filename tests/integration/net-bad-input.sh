@@ -2,7 +2,8 @@
 # tests/integration/net-bad-input.sh — what `vessel net` refuses, each with one clear line: a
 # missing host bridge (at define and when it vanished before start), MAC collisions (with another
 # tap, with a host interface), bad MACs, tap names in use, overlapping DHCP ranges and subnets,
-# VNI already in use, malformed definitions (file:line: key); and what it accepts: bridged
+# VNI already in use, malformed definitions (file:line: key), names that would break the generated
+# configs, lease events that do not fit the network; and what it accepts: bridged
 # networks on a host bridge (left alone by stop), definitions from a file and from libvirt XML.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/net-common.bash"
@@ -79,6 +80,16 @@ expect_fail "bad network name" "must start with a letter" define 1bad --kind int
 expect_fail "unknown network" "network nope is not defined" start nope
 expect_fail "attach to a stopped network" "network n1 is not started" attach n1 --tap z1
 expect_fail "leases of a network without DHCP" "has no DHCP server" leases v1
+# names end up in dnsmasq.conf and the nftables ruleset: nothing that could start a new directive
+expect_fail "bridge name with a quote" "bridge name 'a\"b': 1-15 letters, digits" \
+    define q1 --kind internal --bridge 'a"b'
+expect_fail "reservation hostname with a quote" "reservation hostname 'db'x'" \
+    define q2 --kind nat --subnet 10.63.0.0/24 --reserve "52:56:65:00:63:01,10.63.0.5,db'x"
+expect_fail "reservation with a word too many" "expected 'MAC IP \\[HOSTNAME\\]'" \
+    define q2 --kind nat --subnet 10.63.0.0/24 --reserve 52:56:65:00:63:01,10.63.0.5,db,x
+expect_fail "lease event outside the subnet" "lease 10.99.0.5 for 52:56:65:00:63:02 is not an address of 10.60.0.0/24" \
+    lease-event n1 add 52:56:65:00:63:02 10.99.0.5
+expect_fail "lease event with a bad MAC" "not a MAC address" lease-event n1 add 52:56:65 10.60.0.5
 
 # definitions from a file and from libvirt XML
 cat >"$T/def.net" <<'EOF'

@@ -3,7 +3,8 @@
 # bridge with the gateway address, vessel's own nftables table (masquerade) and a dnsmasq for the
 # DHCP range; a DHCP client (busybox udhcpc) in a second netns, wired to the bridge by a veth,
 # gets an address from the range and the lease shows in `vessel net leases`; a reservation by
-# MAC gets its fixed address; stop takes dnsmasq and the tables down.
+# MAC gets its fixed address; dnsmasq's dhcp-script puts each lease into vessel's anti-spoofing
+# set; stop takes dnsmasq and the tables down.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/net-common.bash"
 
@@ -77,6 +78,23 @@ if [ -n "$BUSYBOX" ]; then
         not_ok "leases lists the client"
         diag 5 <"$VS_OUT"
     fi
+    # dnsmasq's dhcp-script told vessel: the pair is in the anti-spoofing set
+    in_set=no
+    for _ in $(seq 50); do
+        if ip netns exec "$NS" nft list set bridge vessel_wan leased 2>/dev/null |
+            has -F "52:56:65:00:40:77 . $addr"; then
+            in_set=yes
+            break
+        fi
+        sleep 0.1
+    done
+    if [ "$in_set" = yes ] && has "52:56:65:00:40:77 $addr" "$STATE/wan.run/leased"; then
+        ok "the lease hook recorded 52:56:65:00:40:77 . $addr (file leased and set leased)"
+    else
+        not_ok "lease hook: 52:56:65:00:40:77 . $addr in the set"
+        ip netns exec "$NS" nft list set bridge vessel_wan leased 2>&1 | diag 6
+        diag 6 <"$STATE/wan.run/lease-hook.log" 2>/dev/null || true
+    fi
     # the reservation: same client, reserved MAC
     ip -n "$NSC" link set eth0 down
     ip -n "$NSC" link set eth0 address 52:56:65:00:40:09
@@ -93,14 +111,15 @@ else
     skip "busybox is not installed: no DHCP client test"
 fi
 
-# a NIC attached on a NAT network may only send from its reserved address
+# a NIC attached on a NAT network may only send from its reserved address (or its lease)
 nv_ok "attach tap n1 with the reserved MAC" attach wan --tap n1 --mac 52:56:65:00:40:09
 if ip netns exec "$NS" nft list chain bridge vessel_wan guest_in |
-    has 'iifname "n1" ip saddr != { 0.0.0.0, 10.77.0.9 }'; then
-    ok "tap n1 may only send IPv4 from 10.77.0.9 (or 0.0.0.0 for DHCP)"
+    has 'iifname "n1" ether saddr . ip saddr != @leased counter' &&
+    ip netns exec "$NS" nft list set bridge vessel_wan leased | has -F '52:56:65:00:40:09 . 10.77.0.9'; then
+    ok "tap n1 may only send IPv4 from 10.77.0.9 (its reservation, in set leased)"
 else
     not_ok "IP anti-spoofing rule for n1"
-    ip netns exec "$NS" nft list chain bridge vessel_wan guest_in 2>&1 | diag 12
+    ip netns exec "$NS" nft list table bridge vessel_wan 2>&1 | diag 20
 fi
 
 # leases parsed from a dnsmasq leases file (dnsmasq's own format, with a duid line)

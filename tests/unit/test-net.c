@@ -110,6 +110,60 @@ TEST(def_errors_name_line_and_key)
     CHECK(message_contains("needs kind nat"));
 }
 
+/* What the fuzzers found and its neighbours: names that would break the generated configs,
+ * empty lists, prefixes outside 8-30, trailing words. */
+TEST(def_bad_input)
+{
+    struct vs_net_def d;
+    static const struct {
+        const char *text, *message;
+    } bad[] = {
+        {"name = x\nkind = internal\nbridge = br\x14x\n", "bridge name 'br\x14x'"},
+        {"name = x\nkind = internal\nbridge = a\"b\n", "bridge name"},
+        {"name = x\nkind = internal\nbridge = a b\n", "bridge name"},
+        {"name = x\nkind = internal\nbridge = sixteen-chars-xx\n", "bridge name"},
+        {"name = x\nkind = vxlan\nvni = 5\ngroup = 239.1.1.1\nvxlan-dev = e,th\n", "vxlan-dev"},
+        {"name = x\nkind = nat\nsubnet = 10.0.0.0/24\nreservation = 52:56:65:00:00:01 "
+         "10.0.0.5 a,b\n",
+         "reservation hostname 'a,b'"},
+        {"name = x\nkind = nat\nsubnet = 10.0.0.0/24\nreservation = 52:56:65:00:00:01 "
+         "10.0.0.5 web extra\n",
+         "x.net:4: reservation: reservation"},
+        {"name = x\nkind = nat\nsubnet = 10.0.0.0/24\ndns =\n", "x.net:4: dns"},
+        {"name = x\nkind = vxlan\nvni = 5\nremote = ,\n", "x.net:4: remote"},
+        {"name = x\nkind = nat\nsubnet = 10.0.0.0/7\n", "prefix length must be 8-30"},
+        {"name = x\nkind = nat\nsubnet = 10.0.0.0/31\n", "prefix length must be 8-30"},
+    };
+    for (size_t i = 0; i < VS_ARRAY_SIZE(bad); i++) {
+        CHECK(vs_net_def_parse(bad[i].text, "x.net", &d) == -EINVAL);
+        CHECK(message_contains(bad[i].message));
+    }
+    static const char *const bad_xml[] = {
+        "<network><name>p</name><ip address='10.9.0.1' prefix='07'/></network>",
+        "<network><name>p</name><ip address='10.9.0.1' prefix='24x'/></network>",
+        "<network><name>p</name><ip address='10.9.0.1' prefix='31'/></network>",
+        "<network><name>p</name><bridge name='br&#10;x'/></network>",
+        "<network><name>p</name><forward mode='nat'/><ip address='10.9.0.1' prefix='24'><dhcp>"
+        "<host mac='52:56:65:00:00:01' ip='10.9.0.5' name='a b'/></dhcp></ip></network>",
+        "<network><name>p</name><forward mode='nat'/><ip address='10.9.0.1' prefix='24'><dhcp>"
+        "<host mac='52:56:65:00:00:01' ip='10.9.0.5' name='a&#10;dhcp-script=/x'/></dhcp></ip>"
+        "</network>",
+    };
+    for (size_t i = 0; i < VS_ARRAY_SIZE(bad_xml); i++) {
+        int rc = vs_net_def_from_libvirt_xml(bad_xml[i], strlen(bad_xml[i]), &d);
+        CHECK(rc == -EINVAL);
+        if (rc == 0)
+            vs_net_def_free(&d);
+    }
+    /* still fine: a bridged network on a host bridge with a dot, an XML prefix of 16 */
+    CHECK_OK(vs_net_def_parse("name = b\nkind = bridged\nbridge = br0.100\n", "b.net", &d));
+    vs_net_def_free(&d);
+    const char *ok = "<network><name>p</name><ip address='10.9.0.1' prefix='16'/></network>";
+    CHECK_OK(vs_net_def_from_libvirt_xml(ok, strlen(ok), &d));
+    CHECK(d.prefix == 16);
+    vs_net_def_free(&d);
+}
+
 TEST(def_long_name_gets_hashed_bridge)
 {
     struct vs_net_def d = {0};
@@ -166,6 +220,37 @@ TEST(leases_parse)
     free(l);
 }
 
+/* dnsmasq's file is written by a process that takes hostnames from guests: what is not a
+ * unicast lease of a plain name is skipped or blanked, never passed on. */
+TEST(leases_bad_input)
+{
+    const char *text = "1 52:56:65:00:00:01 0.0.0.0 a\n"
+                       "1 52:56:65:00:00:02 255.255.255.255 b\n"
+                       "1 52:56:65:00:00:03 224.0.0.1 c\n"
+                       "1 52:56:65:00:00:04 127.0.0.1 d\n"
+                       "1 01:00:5e:00:00:05 10.0.0.5 e\n"
+                       "1 00:00:00:00:00:00 10.0.0.6 f\n"
+                       "1 52:56:65:00:00:07 10.0.0.7 bad\x01name\n"
+                       "1 52:56:65:00:00:08 10.0.0.8 a'b\n"
+                       "x 52:56:65:00:00:09 10.0.0.9 g\n"
+                       "1 52:56:65:00:00:0a\n"
+                       "   \n\n"
+                       "9 52:56:65:00:00:0b 10.0.0.11"; /* no newline at the end */
+    struct vs_net_lease *l;
+    size_t n;
+    CHECK_OK(vs_net_leases_parse(text, &l, &n));
+    CHECK(n == 3);
+    if (n == 3) {
+        CHECK(l[0].mac.b[5] == 7 && l[0].hostname[0] == 0);
+        CHECK(l[1].mac.b[5] == 8 && l[1].hostname[0] == 0);
+        CHECK(l[2].mac.b[5] == 0x0b && l[2].expiry == 9 && l[2].hostname[0] == 0);
+    }
+    free(l);
+    CHECK_OK(vs_net_leases_parse("", &l, &n));
+    CHECK(n == 0);
+    free(l);
+}
+
 TEST(generated_nft_and_dnsmasq)
 {
     struct vs_net_def d;
@@ -177,13 +262,34 @@ TEST(generated_nft_and_dnsmasq)
     CHECK_OK(vs_mac_parse("52:56:65:00:00:01", &taps[0].mac));
     CHECK_OK(vs_mac_parse("52:56:65:00:00:07", &taps[1].mac));
     CHECK_OK(vs_ipv4_parse("10.9.0.7", &taps[1].ip));
-    char *nft = vs_net_nft_ruleset(&d, taps, 2);
+    struct vs_net_lease leased[2] = {{.expiry = 0}, {.expiry = 1}}; /* the second expired */
+    CHECK_OK(vs_mac_parse("52:56:65:00:00:01", &leased[0].mac));
+    CHECK_OK(vs_ipv4_parse("10.9.0.15", &leased[0].ip));
+    CHECK_OK(vs_mac_parse("52:56:65:00:00:09", &leased[1].mac));
+    CHECK_OK(vs_ipv4_parse("10.9.0.16", &leased[1].ip));
+    char *nft = vs_net_nft_ruleset(&d, taps, 2, leased, 2);
     CHECK(nft != NULL);
     if (nft) {
         CHECK(strstr(nft, "table bridge vessel_my_nat {"));
         CHECK(strstr(nft, "iifname \"t1\" ether saddr != 52:56:65:00:00:01 counter drop"));
         CHECK(strstr(nft, "iifname \"t1\" limit rate over 1000000 bytes/second counter drop"));
-        CHECK(strstr(nft, "iifname \"t2\" ether type ip ip saddr != { 0.0.0.0, 10.9.0.7 }"));
+        /* t1 has no address of its own: on a NAT network with DHCP its lease decides */
+        CHECK(strstr(nft, "iifname \"t1\" ether type ip ether saddr . ip saddr != @leased "
+                          "counter drop"));
+        CHECK(strstr(nft, "iifname \"t2\" ether type ip ether saddr . ip saddr != @leased"));
+        CHECK(strstr(nft, "iifname \"t2\" arp saddr ip != 0.0.0.0 arp saddr ether . arp saddr "
+                          "ip != @leased counter drop"));
+        CHECK(strstr(nft, "iifname \"t1\" ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 "
+                          "udp dport 67 accept"));
+        /* given address and reservation (the same pair once), the current lease, not the
+         * expired one */
+        CHECK(strstr(nft, "elements = { 52:56:65:00:00:07 . 10.9.0.7, "
+                          "52:56:65:00:00:01 . 10.9.0.15 }"));
+        CHECK(!strstr(nft, "10.9.0.16"));
+        /* the rate limit comes before the DHCP accept, which would otherwise bypass it */
+        const char *limit = strstr(nft, "iifname \"t1\" limit rate");
+        const char *dhcp = strstr(nft, "iifname \"t1\" ip saddr 0.0.0.0");
+        CHECK(limit && dhcp && limit < dhcp);
         CHECK(strstr(nft, "ip saddr 10.9.0.0/24 ip daddr != 10.9.0.0/24 masquerade"));
         CHECK(!strstr(
             nft,
@@ -194,6 +300,7 @@ TEST(generated_nft_and_dnsmasq)
     CHECK(conf && strstr(conf, "dhcp-option=option:router,10.9.0.1\n"));
     CHECK(conf && strstr(conf, "dhcp-host=52:56:65:00:00:07,10.9.0.7\n"));
     CHECK(conf && strstr(conf, "interface=vs-my-nat\n"));
+    CHECK(conf && strstr(conf, "dhcp-script=/run/x/lease-hook\nscript-on-renewal\n"));
     free(nft);
     free(conf);
     vs_net_def_free(&d);
@@ -255,6 +362,68 @@ TEST(netlink_bridge_tap_vxlan)
     CHECK_OK(vs_link_delete("tvx0"));
     CHECK_OK(vs_link_delete("tbr0"));
     CHECK(vs_link_delete("tbr0") == -ENODEV);
+}
+
+/* The lease hook's bookkeeping on a defined (not started) network: add/old/del, one lease per
+ * MAC and per address, refusals; the set itself is exercised by net-dhcp.sh. */
+TEST(store_lease_events)
+{
+    if (!private_netns())
+        return;
+    struct vs_net_store *s;
+    CHECK_OK(vs_net_store_open(test_path("lease-state"), &s));
+    struct vs_net_def a = {0}, i = {0};
+    CHECK_OK(vs_net_def_set(&a, "name", "le"));
+    CHECK_OK(vs_net_def_set(&a, "kind", "nat"));
+    CHECK_OK(vs_net_def_set(&a, "subnet", "10.4.0.0/24"));
+    CHECK_OK(vs_net_def_set(&a, "dhcp-range", "10.4.0.50-10.4.0.60"));
+    CHECK_OK(vs_net_define(s, &a));
+    CHECK_OK(vs_net_def_set(&i, "name", "li"));
+    CHECK_OK(vs_net_def_set(&i, "kind", "internal"));
+    CHECK_OK(vs_net_define(s, &i));
+    struct vs_net_lease l1 = {.expiry = 0}, l2 = {.expiry = 0};
+    CHECK_OK(vs_mac_parse("52:56:65:00:40:01", &l1.mac));
+    CHECK_OK(vs_ipv4_parse("10.4.0.51", &l1.ip));
+    CHECK_OK(vs_mac_parse("52:56:65:00:40:02", &l2.mac));
+    CHECK_OK(vs_ipv4_parse("10.4.0.52", &l2.ip));
+    CHECK_OK(vs_net_lease_event(s, "le", "add", &l1));
+    CHECK_OK(vs_net_lease_event(s, "le", "add", &l2));
+    CHECK_OK(vs_net_lease_event(s, "le", "tftp", &l2)); /* ignored */
+    /* l2's MAC now gets l1's address: both old entries go, one remains */
+    struct vs_net_lease moved = l2;
+    moved.ip = l1.ip;
+    CHECK_OK(vs_net_lease_event(s, "le", "old", &moved));
+    char *run = vs_net_run_dir(s, "le");
+    char *path = run ? vs_asprintf("%s/leased", run) : NULL;
+    FILE *f = path ? fopen(path, "r") : NULL;
+    char buf[512] = "";
+    size_t got = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    buf[got] = 0;
+    if (f)
+        fclose(f);
+    CHECK(strstr(buf, "0 52:56:65:00:40:02 10.4.0.51 *\n") != NULL);
+    CHECK(!strstr(buf, "52:56:65:00:40:01") && !strstr(buf, "10.4.0.52"));
+    CHECK_OK(vs_net_lease_event(s, "le", "del", &moved));
+    f = path ? fopen(path, "r") : NULL;
+    got = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    buf[got] = 0;
+    if (f)
+        fclose(f);
+    CHECK(!strstr(buf, "10.4.0.51"));
+    free(path);
+    free(run);
+    struct vs_net_lease outside = l1;
+    CHECK_OK(vs_ipv4_parse("10.5.0.9", &outside.ip));
+    CHECK(vs_net_lease_event(s, "le", "add", &outside) == -EINVAL);
+    CHECK(message_contains("not an address of 10.4.0.0/24"));
+    CHECK(vs_net_lease_event(s, "li", "add", &l1) == -EINVAL);
+    CHECK(message_contains("no DHCP server"));
+    CHECK(vs_net_lease_event(s, "zz", "add", &l1) == -ENOENT);
+    CHECK_OK(vs_net_undefine(s, "le"));
+    CHECK_OK(vs_net_undefine(s, "li"));
+    vs_net_def_free(&a);
+    vs_net_def_free(&i);
+    vs_net_store_close(s);
 }
 
 TEST(store_checks_between_networks)
