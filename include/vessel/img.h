@@ -31,14 +31,14 @@ enum img_open_flags {
     IMG_OPEN_NO_LOCK = 1 << 2,    /* skip the OFD lock (qemu-img -U, "force share") */
     IMG_OPEN_DIRECT = 1 << 3,     /* O_DIRECT on the protocol layer */
     IMG_OPEN_CHECK = 1 << 4,      /* open for check/repair: tolerate corruption a check reports */
-    IMG_OPEN_NO_FLUSH = 1 << 5,   /* cache=unsafe: never fdatasync (convert's default, as qemu-img) */
+    IMG_OPEN_NO_FLUSH = 1 << 5,   /* cache=unsafe: no fdatasync (convert's default, as qemu-img) */
 };
 
 /* Open FILENAME. FORMAT NULL probes it (raw is the fallback). A read-write open takes an exclusive
  * lock, a read-only open a shared one, so two writers can't share an image. Backing images are
  * opened read-only, relative to the directory of the image that names them. */
 int img_open(struct img **out, const char *filename, const char *format, int flags);
-/* Flush (for read-write images) and free the whole stack. NULL is fine. Returns the flush result. */
+/* Flush (for read-write images) and free the whole stack; NULL is fine. Returns the flush's. */
 int img_close(struct img *img);
 
 /* ---- I/O ------------------------------------------------------------------------------------- */
@@ -81,18 +81,20 @@ struct img_extent {
 /* Status of the run starting at OFFSET (at most LEN bytes) through the whole backing chain. */
 int img_block_status(struct img *img, uint64_t offset, uint64_t len, struct img_extent *ext);
 /* Status in this image alone: ALLOCATED clear means "ask the backing image". */
-int img_block_status_layer(struct img *img, uint64_t offset, uint64_t len,
-                           struct img_extent *ext);
+int img_block_status_layer(struct img *img, uint64_t offset, uint64_t len, struct img_extent *ext);
 
 /* ---- facts ----------------------------------------------------------------------------------- */
 
-uint64_t img_size(const struct img *img);             /* virtual size in bytes */
-const char *img_filename(const struct img *img);      /* as given to img_open */
-const char *img_format(const struct img *img);        /* "qcow2", "raw", … */
-struct img *img_backing(const struct img *img);       /* next in chain, or NULL */
-const char *img_backing_name(const struct img *img);  /* as stored in the image, or NULL */
-const char *img_backing_format(const struct img *img);/* as stored, or NULL */
-uint32_t img_cluster_size(const struct img *img);     /* 0 when the format has none */
+uint64_t img_size(const struct img *img);              /* virtual size in bytes */
+const char *img_filename(const struct img *img);       /* as given to img_open */
+const char *img_format(const struct img *img);         /* "qcow2", "raw", … */
+struct img *img_backing(const struct img *img);        /* next in chain, or NULL */
+const char *img_backing_name(const struct img *img);   /* as stored in the image, or NULL */
+const char *img_backing_format(const struct img *img); /* as stored, or NULL */
+/* The smallest write the image takes without rewriting the rest of a cluster (<= cluster size;
+ * 512 for formats whose blocks fill in sparsely: vhd, vdi, vhdx). */
+uint32_t img_write_unit(const struct img *img);
+uint32_t img_cluster_size(const struct img *img); /* 0 when the format has none */
 bool img_is_writable(const struct img *img);
 /* Bytes the image occupies on the host (st_blocks), or -errno. */
 int64_t img_allocated_size(struct img *img);
@@ -115,8 +117,8 @@ struct img_create_params {
     bool size_given;          /* false: take it from the backing file */
     const char *backing_file; /* stored as given; opened relative to filename's directory */
     const char *backing_format;
-    struct vs_opts *opts;     /* format options (-o); every one must be used by the driver */
-    bool quiet;               /* don't print "Formatting ..." */
+    struct vs_opts *opts; /* format options (-o); every one must be used by the driver */
+    bool quiet;           /* don't print "Formatting ..." */
 };
 
 /* Create an image. Options the format doesn't know are an error. Refuses nothing that exists:
@@ -195,7 +197,6 @@ int img_snapshot_delete(struct img *img, const char *name);
 int img_measure(const char *format, struct vs_opts *opts, struct img *source, uint64_t size,
                 uint64_t *required, uint64_t *fully_allocated);
 
-
 /* ---- operations (convert.c, ops.c, bench.c) ---- */
 
 /* Progress of a long operation: DONE of TOTAL bytes. Always called from the caller's thread. */
@@ -231,9 +232,9 @@ int img_convert_images(struct img *const *sources, size_t count, struct img *tar
 
 enum img_compare_outcome {
     IMG_COMPARE_IDENTICAL = 0,
-    IMG_COMPARE_CONTENT,     /* content differs at 'offset' (start of the first differing sector) */
-    IMG_COMPARE_SIZE,        /* strict mode: sizes differ */
-    IMG_COMPARE_ALLOCATION,  /* strict mode: allocation differs at 'offset' */
+    IMG_COMPARE_CONTENT,    /* content differs at 'offset' (start of the first differing sector) */
+    IMG_COMPARE_SIZE,       /* strict mode: sizes differ */
+    IMG_COMPARE_ALLOCATION, /* strict mode: allocation differs at 'offset' */
 };
 struct img_compare_result {
     enum img_compare_outcome outcome;
@@ -279,14 +280,14 @@ int img_map(struct img *img, uint64_t start, uint64_t length,
 
 /* qemu-img bench: COUNT synchronous requests of BUFSIZE from DEPTH threads. */
 struct img_bench_params {
-    uint64_t count;       /* requests */
-    unsigned depth;       /* worker threads, each with one request in flight */
+    uint64_t count; /* requests */
+    unsigned depth; /* worker threads, each with one request in flight */
     size_t bufsize;
-    uint64_t offset;      /* first request */
-    uint64_t step;        /* sequential stride (0 = bufsize); also the alignment with random */
+    uint64_t offset; /* first request */
+    uint64_t step;   /* sequential stride (0 = bufsize); also the alignment with random */
     bool write;
-    int pattern;          /* byte written */
-    bool random;          /* uniformly random offsets (seeded) instead of sequential */
+    int pattern; /* byte written */
+    bool random; /* uniformly random offsets (seeded) instead of sequential */
     uint64_t seed;
     uint64_t flush_interval; /* writes: flush after every N requests (0 = never) */
 };

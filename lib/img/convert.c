@@ -256,29 +256,63 @@ static const uint8_t *convert_mapped(struct convert_job *job, struct img *layer,
     return m->base + host;
 }
 
-/* Copy DATA-class target range [off, off+len) (whole target units). When one plain extent of
- * one source covers all of it, straight from the mapped source file; otherwise through img_pread
- * into BUF. Never in smaller pieces: some targets (streamOptimized VMDK) take each unit once. */
-static int convert_data(struct convert_worker *w, uint64_t off, uint64_t len)
+/* Where [off, off+len) can be read straight from a mapped source file: the extent the chunk's
+ * classification saw at OFF (not recorded past the 64th) when it is plain bytes at a host
+ * offset, with *n set to how much of the range it covers; NULL otherwise. */
+static const uint8_t *convert_mapped_at(struct convert_worker *w, uint64_t off, uint64_t len,
+                                        uint64_t *n)
 {
-    struct convert_job *job = w->job;
-    /* the extent the chunk's classification saw at OFF (not recorded past the 64th: read) */
     const struct convert_extent *e = NULL;
     for (size_t i = 0; i < w->extent_count && !e; i++)
         if (w->extents[i].offset <= off && off < w->extents[i].offset + w->extents[i].length)
             e = &w->extents[i];
-    if (e && off + len <= e->offset + e->length) {
-        const struct img_extent *x = &e->ext;
-        if ((x->flags & IMG_STATUS_DATA) && (x->flags & IMG_STATUS_OFFSET) &&
-            !(x->flags & IMG_STATUS_COMPRESSED) && x->layer) {
-            const uint8_t *p =
-                convert_mapped(job, x->layer, x->host_offset + (off - e->offset), len);
-            if (p)
-                return convert_write(job, p, off, len);
+    if (!e)
+        return NULL;
+    const struct img_extent *x = &e->ext;
+    if (!(x->flags & IMG_STATUS_DATA) || !(x->flags & IMG_STATUS_OFFSET) ||
+        (x->flags & IMG_STATUS_COMPRESSED) || !x->layer)
+        return NULL;
+    *n = VS_MIN(len, e->offset + e->length - off);
+    return convert_mapped(w->job, x->layer, x->host_offset + (off - e->offset), *n);
+}
+
+/* Copy DATA-class target range [off, off+len) (whole target units). Pieces that plain source
+ * extents cover come straight from the mapped source files; the rest through img_pread into
+ * BUF. A piece ends only on a unit boundary — some targets (streamOptimized VMDK) take each unit
+ * once, whole — so a unit that mixes sources or a non-plain extent is read as a whole. */
+static int convert_data(struct convert_worker *w, uint64_t off, uint64_t len)
+{
+    struct convert_job *job = w->job;
+    uint64_t end = off + len;
+    while (off < end) {
+        uint64_t n = 0;
+        const uint8_t *p = convert_mapped_at(w, off, end - off, &n);
+        if (p && (off + n == end || n >= job->unit)) {
+            if (off + n < end)
+                n -= (off + n) % job->unit; /* split on a unit boundary */
+            int rc = convert_write(job, p, off, n);
+            if (rc)
+                return rc;
+            off += n;
+            continue;
         }
+        /* not mapped: read up to the next unit boundary where a mapped extent starts */
+        uint64_t q = VS_MIN(end, VS_ALIGN_UP(off + 1, job->unit));
+        while (q < end) {
+            uint64_t m = 0;
+            if (convert_mapped_at(w, q, end - q, &m))
+                break;
+            q = VS_MIN(end, q + job->unit);
+        }
+        uint64_t chunk = VS_MIN(q - off, job->chunk);
+        int rc = convert_read(job, w->buf, off, chunk);
+        if (!rc)
+            rc = convert_write(job, w->buf, off, chunk);
+        if (rc)
+            return rc;
+        off += chunk;
     }
-    int rc = convert_read(job, w->buf, off, len);
-    return rc ? rc : convert_write(job, w->buf, off, len);
+    return 0;
 }
 
 /* Mark the units of the chunk starting at CS that [off, off+len) touches with CLS. */
@@ -462,7 +496,10 @@ int img_convert_images(struct img *const *sources, size_t count, struct img *tar
      * and a source nobody can truncate under us (-U shares it with writers: read instead). */
     job.map_sources =
         !job.compress && !job.layer_only && !(params->source_flags & IMG_OPEN_NO_LOCK);
-    job.unit = cluster ? cluster : 512;
+    /* classify per target cluster, or finer where the format fills blocks in sparsely: then the
+     * zeros inside a block are skipped as well, not written */
+    uint32_t wunit = img_write_unit(target);
+    job.unit = job.compress ? cluster : wunit ? wunit : 512;
     if (params->sparse_size) {
         job.grain = VS_ALIGN_UP(VS_MAX(params->sparse_size, job.unit), job.unit);
         if (job.compress)

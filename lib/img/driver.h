@@ -22,9 +22,13 @@ struct img {
     struct img *file;    /* protocol node under a format node; NULL for protocol nodes */
     struct img *backing; /* next image of the chain, NULL if none or not opened */
     char *filename;
-    int flags;           /* IMG_OPEN_* */
-    uint64_t size;       /* virtual size; drivers set it in open and truncate */
+    int flags;     /* IMG_OPEN_* */
+    uint64_t size; /* virtual size; drivers set it in open and truncate */
     uint32_t cluster_size;
+    /* Smallest write that costs no read-modify-write of the rest of its cluster: drivers whose
+     * blocks take partial writes cheaply (a fresh block reads as zeros where unwritten) set it
+     * below cluster_size so convert skips zeros inside a block; 0 = cluster_size. */
+    uint32_t write_unit;
     char *backing_name;   /* driver sets (malloc'd) in open when the image names a backing file */
     char *backing_format; /* likewise, or NULL */
     pthread_mutex_t lock; /* for the driver's metadata; initialised by the core */

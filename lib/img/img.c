@@ -512,6 +512,12 @@ uint32_t img_cluster_size(const struct img *img)
     return img->cluster_size;
 }
 
+uint32_t img_write_unit(const struct img *img)
+{
+    return img->write_unit && img->write_unit < img->cluster_size ? img->write_unit
+                                                                  : img->cluster_size;
+}
+
 bool img_is_writable(const struct img *img)
 {
     return (img->flags & IMG_OPEN_RDWR) != 0;

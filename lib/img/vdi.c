@@ -253,6 +253,7 @@ static int vdi_open(struct img *img)
     }
     img->size = disk;
     img->cluster_size = s->block_size;
+    img->write_unit = 512; /* a fresh block is allocated sparse: its unwritten parts read zeros */
     s->bmap = vs_malloc(VS_MAX(bmap_bytes, 4));
     s->pending = vs_calloc(VS_MAX(s->blocks, 1), 1);
     if (!s->bmap || !s->pending) {

@@ -623,6 +623,7 @@ static int vhd_open_dynamic(struct img *img, int64_t file_size)
                          s->data_end - (uint64_t)file_size, file_size);
     s->tail_clean = (uint64_t)file_size <= s->data_end + VHD_FOOTER_SIZE;
     img->cluster_size = s->block_size;
+    img->write_unit = 512; /* a sector bitmap per block: partial writes are plain writes */
     if (s->type == VHD_TYPE_DIFF) {
         rc = vhd_open_parent(img, file_size);
         if (rc)

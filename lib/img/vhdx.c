@@ -952,6 +952,7 @@ static int vhdx_open(struct img *img)
     if (rc)
         goto fail;
     img->cluster_size = s->block_size;
+    img->write_unit = 512; /* a fresh block is allocated sparse: its unwritten parts read zeros */
     s->bat = vs_malloc(s->bat_entries * 8);
     s->pending = vs_calloc(s->data_blocks, 1);
     if (!s->bat || !s->pending) {
