@@ -11,7 +11,7 @@ PREFIX   ?= /usr/local
 CC       ?= cc
 JOBS     ?= $(shell nproc)
 
-PKGS      := json-c libzstd zlib libxml-2.0 ext2fs com_err sqlite3 libmnl libarchive libcrypto openssl
+PKGS      := json-c libzstd zlib libdeflate libxml-2.0 ext2fs com_err sqlite3 libmnl libarchive libcrypto openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 # lib/vmm: decompressors for bzImage payloads (lz4, xz/lzma, bzip2; zstd and zlib are above).
@@ -85,7 +85,7 @@ ifeq ($(SANITIZE),1)
   VMM_LIBS := $(LDLIBS)
 else
   VMM_LINK := -static-pie
-  VMM_LIBS := -ljson-c -lzstd -lz -lext2fs -lcom_err -llz4 -llzma -lbz2 -lpthread -lm
+  VMM_LIBS := -ljson-c -lzstd -lz -ldeflate -lext2fs -lcom_err -llz4 -llzma -lbz2 -lpthread -lm
 endif
 $(BUILD)/bin/vessel-vmm: $(VMM_OBJS) $(BUILD)/libvessel.a
 	@mkdir -p $(dir $@)

@@ -9,11 +9,13 @@
  * fill one extent in any order. A stream (grain directory at the end) is the same machine with
  * deflated grains behind markers, whose tables are written as GT/GD markers plus footer and
  * end-of-stream marker at each flush — at the end of the grains, where the next grain overwrites
- * them again.
+ * them again. Grains are deflated with zlib and inflated with libdeflate (whole-buffer, SIMD
+ * Adler-32: a streamOptimized read is bound by the copy, not the checksum).
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <libdeflate.h>
 #include <zlib.h>
 
 #include "img/vmdk.h"
@@ -498,20 +500,19 @@ static int vmdk_read_compressed(struct img *img, struct vmdk_extent *e, uint64_t
         rc = e->file->drv->pread(e->file, buf + first, pos + first, size - have);
     if (rc)
         goto out;
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (inflateInit(&z) != Z_OK) {
+    /* libdeflate: the zlib stream's Adler-32 is checked with SIMD, where zlib's check alone took
+     * a third of a streamOptimized read's CPU. A stream that would inflate past the grain, or
+     * that is cut short, is corrupt; a shorter grain (the disk's last) reads zeros after it. */
+    struct libdeflate_decompressor *d = libdeflate_alloc_decompressor();
+    if (!d) {
         rc = -ENOMEM;
         goto out;
     }
-    z.next_in = (Bytef *)data;
-    z.avail_in = (uInt)size;
-    z.next_out = out;
-    z.avail_out = (uInt)sp->grain_bytes;
-    int zr = inflate(&z, Z_FINISH);
-    uint64_t got = sp->grain_bytes - z.avail_out;
-    inflateEnd(&z);
-    if (zr != Z_STREAM_END && !(got == sp->grain_bytes && (zr == Z_OK || zr == Z_BUF_ERROR))) {
+    size_t got = 0;
+    enum libdeflate_result zr =
+        libdeflate_zlib_decompress(d, data, size, out, sp->grain_bytes, &got);
+    libdeflate_free_decompressor(d);
+    if (zr != LIBDEFLATE_SUCCESS) {
         rc = vs_error(-EINVAL, "%s: grain %llu: compressed data at sector %u is corrupt", fn,
                       (unsigned long long)g, v);
         goto out;
@@ -629,6 +630,10 @@ int vmdk_sparse_read(struct img *img, struct vmdk_extent *e, uint8_t *buf, uint6
             break;
         }
         case VMDK_G_COMPRESSED:
+            if (in == 0 && n == gb) { /* a whole grain: inflate straight into the caller's */
+                rc = vmdk_read_compressed(img, e, g, v, buf);
+                break;
+            }
             if (!gbuf && !(gbuf = vs_malloc(gb))) {
                 rc = -ENOMEM;
                 break;
