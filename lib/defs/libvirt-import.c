@@ -349,6 +349,10 @@ static int import_domain(struct xctx *x, const xmlNode *root)
         if (n->type != XML_ELEMENT_NODE)
             continue;
         if (is(n, "name")) {
+            if (def->name) {
+                rc = defs_error(x->source, line_of(n), "name", "a domain has one <name>");
+                break;
+            }
             char *t = text(n);
             if (!t)
                 return -ENOMEM;

@@ -456,6 +456,10 @@ TEST(import_libvirt_errors)
     bad = "<domain>\n<name>x</name>\n<memory>1</memory\n";
     CHECK(vm_def_import_libvirt(bad, strlen(bad), "d.xml", &d) == -EINVAL);
     CHECK(message_contains("d.xml: line 4: Premature end of data"));
+    /* found by fuzz-defs: a second <name> leaked the first */
+    bad = "<domain>\n<name>a</name>\n<memory unit='MiB'>64</memory>\n<name>b</name>\n</domain>\n";
+    CHECK(vm_def_import_libvirt(bad, strlen(bad), "d.xml", &d) == -EINVAL && d == NULL);
+    CHECK(message_contains("d.xml: line 4: name: a domain has one <name>"));
 }
 
 TEST(import_front_door)
