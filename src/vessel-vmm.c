@@ -8,6 +8,7 @@
  *   2            the guest asked for a reboot and --no-reboot was given
  *   3            the guest crashed (triple fault, KVM internal error); registers on stderr
  *   4            the VMM failed while running
+ *   5            the VM was saved to a state file (API "save") and stopped
  *   16 + (v&63)  the guest wrote v to the isa-debug-exit port 0xf4
  */
 #include <errno.h>
@@ -29,6 +30,7 @@ enum {
     EXIT_REBOOT = 2,
     EXIT_CRASH = 3,
     EXIT_VMM = 4,
+    EXIT_SAVED = 5,
     EXIT_DEBUG_BASE = 16,
 };
 
@@ -37,6 +39,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: vessel-vmm --kernel FILE [options]\n"
             "       vessel-vmm --boot disk --disk FILE [options]\n"
+            "       vessel-vmm --restore FILE [--console …] [--vconsole …] [--api …] [-v]\n"
             "  --kernel FILE        bzImage or PVH ELF (vmlinux, the probe guest)\n"
             "  --boot disk          take kernel, initrd and command line from the first disk's\n"
             "                       boot config (grub.cfg, menu.lst, extlinux.conf)\n"
@@ -56,9 +59,10 @@ static void usage(FILE *out)
             "  --hugepages          back guest RAM with 2 MiB huge pages\n"
             "  --no-reboot          exit with code 2 when the guest reboots\n"
             "  --no-pvh             boot a bzImage through the boot protocol only\n"
+            "  --restore FILE       resume a VM saved with the API \"save\" command\n"
             "  -v, --verbose        print the boot path and timings on stderr\n"
             "exit codes: 0 poweroff, 1 usage/setup error, 2 reboot (--no-reboot), 3 guest crash,\n"
-            "            4 VMM failure, 16+N isa-debug-exit value N\n");
+            "            4 VMM failure, 5 saved (API \"save\"), 16+N isa-debug-exit value N\n");
 }
 
 static int parse_disk(const char *arg, struct vmm_disk_config *disk)
@@ -177,6 +181,7 @@ int main(int argc, char **argv)
         {"rng", no_argument, NULL, 'r'},           {"balloon", no_argument, NULL, 'B'},
         {"boot", required_argument, NULL, 'b'},    {"boot-entry", required_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},          {"vconsole", required_argument, NULL, 'V'},
+        {"restore", required_argument, NULL, 'S'},
         {NULL, 0, NULL, 0},
     };
     /* clang-format on */
@@ -184,6 +189,7 @@ int main(int argc, char **argv)
     bool verbose = false;
     bool boot_disk = false;
     const char *boot_entry = NULL;
+    const char *restore = NULL;
     int opt;
     while ((opt = getopt_long(argc, argv, "vh", options, NULL)) != -1) {
         switch (opt) {
@@ -279,6 +285,9 @@ int main(int argc, char **argv)
         case 'e':
             boot_entry = optarg;
             break;
+        case 'S':
+            restore = optarg;
+            break;
         case 'v':
             verbose = true;
             break;
@@ -292,6 +301,12 @@ int main(int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "vessel-vmm: unexpected argument '%s' (see --help)\n", argv[optind]);
+        return EXIT_SETUP;
+    }
+    if (restore && (cfg.kernel || cfg.initrd || cfg.cmdline || cfg.disk_count || cfg.net_count ||
+                    cfg.rng || cfg.balloon || boot_disk || cfg.cpuid_mask)) {
+        fprintf(stderr, "vessel-vmm: --restore takes the machine from the state file; only "
+                        "--console, --vconsole, --api and -v go with it\n");
         return EXIT_SETUP;
     }
     if (boot_entry && !boot_disk) {
@@ -324,7 +339,7 @@ int main(int argc, char **argv)
                     bootload.info.kernel, bootload.info.initrd ? bootload.info.initrd : "(none)",
                     bootload.info.part, bootload.cmdline);
     }
-    if (!cfg.kernel) {
+    if (!cfg.kernel && !restore) {
         fprintf(stderr, "vessel-vmm: --kernel FILE is required (see --help)\n");
         return EXIT_SETUP;
     }
@@ -339,7 +354,8 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     struct vmm *vmm;
-    int rc = vmm_create(&vmm, &cfg);
+    struct vmm_restore_options ropt = {cfg.console, cfg.api, cfg.vconsole};
+    int rc = restore ? vmm_restore(&vmm, restore, &ropt) : vmm_create(&vmm, &cfg);
     if (rc < 0) {
         fprintf(stderr, "vessel-vmm: %s\n", vs_error_message());
         return EXIT_SETUP;
@@ -369,6 +385,9 @@ int main(int argc, char **argv)
             break;
         case VMM_EXIT_DEBUG:
             code = EXIT_DEBUG_BASE + (int)(result.exit_code & 63);
+            break;
+        case VMM_EXIT_SAVED:
+            code = EXIT_SAVED;
             break;
         default:
             fprintf(stderr, "vessel-vmm: guest crashed: %s\n", result.detail);

@@ -313,6 +313,7 @@ static void idle(void)
 {
     char line[256];
     size_t len = 0;
+    u64 ticks = 0; /* idle periods so far: grows across a save/restore of the VM */
     acpi_power_button_enable();
     balloon_idle_init();
     bool timer = lapic_timer_start(param_u64("probe.idle.tick_us", 10000));
@@ -327,6 +328,11 @@ static void idle(void)
                 con_printf("PROBE echo %s\n", line);
                 if (!strcmp(line, "poweroff"))
                     power_off();
+                if (!strcmp(line, "ticks"))
+                    con_printf("PROBE result idle.ticks=%llu\n", (unsigned long long)ticks);
+                if (!strcmp(line, "blksum"))
+                    con_printf("PROBE result idle.blksum=%s\n",
+                               blk_checksums_again() == 0 ? "ok" : "error");
                 len = 0;
             } else if (len + 1 < sizeof(line)) {
                 line[len++] = (char)c;
@@ -337,6 +343,7 @@ static void idle(void)
             power_off();
         }
         balloon_idle_poll();
+        ticks++;
         if (timer)
             syscall3(SYS_WAIT_IRQ, 0, 0, 0);
         else

@@ -320,6 +320,8 @@ int virtio_msix_route(struct virtio_dev *d, struct virtqueue *vq, u8 vector);
 int test_error(const char *fmt, ...)
     __attribute__((format(printf, 1, 2))); /* records the first failure, returns -1 */
 int test_blk(void);
+/* Idle mode's `blksum`: only the probe.blk.checksum reads, on every disk. */
+int blk_checksums_again(void);
 int test_net(void);
 int test_dhcp(void);
 int dhcp_run(void); /* DHCP on the first NIC, already set up by net.c */

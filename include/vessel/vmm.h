@@ -65,6 +65,7 @@ enum vmm_exit_reason {
     VMM_EXIT_REBOOT,       /* guest asked for a reset (i8042, 0xcf9, ACPI reset, API reset) */
     VMM_EXIT_CRASH,        /* triple fault, KVM internal error, unhandled fatal exit */
     VMM_EXIT_DEBUG,        /* isa-debug-exit port written: exit_code holds the value */
+    VMM_EXIT_SAVED,        /* vmm_save wrote the VM to a state file and stopped it */
 };
 
 struct vmm_result {
@@ -92,6 +93,21 @@ int vmm_request(struct vmm *vmm, enum vmm_request request);
 /* Ask the guest's balloon driver to hold PAGES 4 KiB pages (virtio-balloon num_pages).
  * -ENODEV when the VM has no balloon. */
 int vmm_balloon_set_target(struct vmm *vmm, uint64_t pages);
+/* Save the running VM to PATH (like `xm save`): pause the vCPUs, park every device, write the
+ * state file (lib/vmm/vmstate.h, docs/vessel-vmm.md); then vmm_run returns VMM_EXIT_SAVED. On an
+ * error the VM keeps running and nothing is left at PATH. Thread-safe. */
+int vmm_save(struct vmm *vmm, const char *path);
+
+/* Host-side choices of a restored VM; the machine itself comes from the file. */
+struct vmm_restore_options {
+    const char *console;  /* NULL = stdio */
+    const char *api;      /* NULL = no control socket */
+    const char *vconsole; /* NULL = the backend the saved VM had */
+};
+/* Rebuild the VM saved in PATH (same devices, same disks reopened), load its state; vmm_run then
+ * resumes it where it stopped. Errors are one line (bad file, missing or resized disk, …). */
+int vmm_restore(struct vmm **out, const char *path, const struct vmm_restore_options *options);
+
 /* "running", "paused", "stopping" */
 const char *vmm_state_name(struct vmm *vmm);
 /* The boot path taken ("PVH fast path: lz4 payload …"). */

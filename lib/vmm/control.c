@@ -4,9 +4,9 @@
  * Each request is one line holding a JSON object {"cmd": NAME}; each answer is one line,
  * {"ok": true, …} or {"ok": false, "error": MESSAGE}. Commands: status, pause, resume,
  * powerbutton (ACPI power button: the guest shuts itself down), poweroff, reset, ctrl-alt-del,
- * balloon (set the balloon target), stats. One thread polls the listening socket, every client and
- * a wake pipe; requests go through vmm_request, so the socket can never do what a signal or the
- * library caller couldn't.
+ * balloon (set the balloon target), stats, save (write the VM to a state file and stop it). One
+ * thread polls the listening socket, every client and a wake pipe; requests go through vmm_request,
+ * so the socket can never do what a signal or the library caller couldn't.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -115,6 +115,19 @@ static json_object *handle(struct control *c, const char *line)
         } else {
             json_object_object_add(r, "target_pages", json_object_new_int64(pages));
         }
+    } else if (strcmp(cmd, "save") == 0) {
+        /* {"cmd":"save","path":FILE}: on success the VM stops and vessel-vmm exits (code 5). */
+        json_object *arg;
+        if (!json_object_object_get_ex(req, "path", &arg) ||
+            !json_object_is_type(arg, json_type_string) || !*json_object_get_string(arg)) {
+            json_object_put(r);
+            r = reply_error("save: expected \"path\" (the state file to write)");
+        } else if (vmm_save(v, json_object_get_string(arg)) < 0) {
+            json_object_put(r);
+            r = reply_error(vs_error_message());
+        } else {
+            json_object_object_add(r, "path", json_object_get(arg));
+        }
     } else if (strcmp(cmd, "stats") == 0) {
         pthread_mutex_lock(&v->machine_lock);
         if (v->machine) {
@@ -131,7 +144,7 @@ static json_object *handle(struct control *c, const char *line)
         char msg[200];
         snprintf(msg, sizeof(msg),
                  "unknown command '%.40s' (status, pause, resume, powerbutton, "
-                 "poweroff, reset, ctrl-alt-del, balloon, stats)",
+                 "poweroff, reset, ctrl-alt-del, balloon, stats, save)",
                  cmd);
         r = reply_error(msg);
     }

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "vmm/machine.h"
+#include "vmm/vmstate.h"
 
 #define STATUS_OBF  0x01
 #define STATUS_SYS  0x04
@@ -175,6 +176,43 @@ static void i8042_destroy(void *opaque)
     free(k);
 }
 
+static int i8042_save(void *opaque, struct vmstate_writer *w)
+{
+    struct i8042 *k = opaque;
+    pthread_mutex_lock(&k->lock);
+    vmw_u8(w, k->ctr);
+    vmw_u8(w, k->pending);
+    vmw_u8(w, k->last_was_cmd);
+    vmw_u8(w, (uint8_t)k->irq_level);
+    vmw_u8(w, (uint8_t)k->count);
+    for (unsigned i = 0; i < k->count; i++)
+        vmw_u8(w, k->queue[(k->head + i) % sizeof(k->queue)]);
+    pthread_mutex_unlock(&k->lock);
+    return 0;
+}
+
+static int i8042_load(void *opaque, struct vmstate_reader *r)
+{
+    struct i8042 *k = opaque;
+    uint8_t ctr = vmr_u8(r), pending = vmr_u8(r);
+    bool last = vmr_bool(r), level = vmr_bool(r);
+    uint8_t count = vmr_u8(r);
+    if (!vmr_check(r, count <= sizeof(k->queue)))
+        return -EINVAL;
+    pthread_mutex_lock(&k->lock);
+    vmr_bytes(r, k->queue, count);
+    k->head = 0;
+    k->count = count;
+    k->ctr = ctr;
+    k->pending = pending;
+    k->last_was_cmd = last;
+    k->irq_level = level;
+    pthread_mutex_unlock(&k->lock);
+    return r->failed ? -EINVAL : 0;
+}
+
+static const struct device_persist i8042_persist = {NULL, i8042_save, i8042_load};
+
 int i8042_create(struct machine *m)
 {
     struct i8042 *k = vs_calloc(1, sizeof(*k));
@@ -189,6 +227,7 @@ int i8042_create(struct machine *m)
         return rc;
     }
     m->i8042 = k;
+    machine_device_persist(m, k, &i8042_persist, k);
     if ((rc = bus_register(&m->pio, 0x60, 1, data_io, k, "i8042-data")) < 0)
         return rc;
     return bus_register(&m->pio, 0x64, 1, status_io, k, "i8042-cmd");

@@ -23,6 +23,7 @@
 #include <json-c/json.h>
 
 #include "vmm/machine.h"
+#include "vmm/vmstate.h"
 
 #define KICK_SIGNAL SIGUSR1
 
@@ -54,8 +55,18 @@ int machine_add_device(struct machine *m, const char *name, void *state, void (*
     if (!d)
         return vs_error(-ENOMEM, "%s: out of memory", name);
     m->devices = d;
-    d[m->device_count++] = (struct device){name, state, destroy, stats};
+    d[m->device_count++] = (struct device){name, state, destroy, stats, NULL, NULL};
     return 0;
+}
+
+void machine_device_persist(struct machine *m, void *state, const struct device_persist *persist,
+                            void *opaque)
+{
+    for (size_t i = 0; i < m->device_count; i++)
+        if (m->devices[i].state == state) {
+            m->devices[i].persist = persist;
+            m->devices[i].persist_opaque = opaque;
+        }
 }
 
 void json_stats_add(void *json, const char *device, ...)
@@ -392,8 +403,192 @@ static int vcpu_create(struct machine *m, struct vcpu *v, int index)
         return rc;
     set_msrs(v);
     set_lapic_lints(v);
-    if (index == 0)
+    if (index == 0 && !m->restore)
         return vcpu_boot_state(m, v);
+    return 0;
+}
+
+/* ---- vCPU state for save/restore ------------------------------------------------------------- */
+
+enum {
+    VCPU_BLOB_REGS = 1,
+    VCPU_BLOB_SREGS,
+    VCPU_BLOB_XSAVE,
+    VCPU_BLOB_FPU,
+    VCPU_BLOB_XCRS,
+    VCPU_BLOB_MSRS,
+    VCPU_BLOB_LAPIC,
+    VCPU_BLOB_EVENTS,
+    VCPU_BLOB_DEBUGREGS,
+    VCPU_BLOB_MP_STATE,
+};
+
+static void put_blob(struct vmstate_writer *w, uint32_t tag, const void *p, size_t n)
+{
+    vmw_u32(w, tag);
+    vmw_u32(w, (uint32_t)n);
+    vmw_bytes(w, p, n);
+}
+
+/* The MSRs KVM can save, as read back from this vCPU (one by one: PVM refuses some). */
+static int msrs_save(struct vcpu *v, struct vmstate_writer *w)
+{
+    struct machine *m = v->machine;
+    struct kvm_msr_list probe = {.nmsrs = 0};
+    if (ioctl(m->kvm_fd, KVM_GET_MSR_INDEX_LIST, &probe) < 0 && errno != E2BIG)
+        return vs_error_errno(-errno, "KVM_GET_MSR_INDEX_LIST");
+    struct kvm_msr_list *list = vs_calloc(1, sizeof(*list) + probe.nmsrs * sizeof(uint32_t));
+    if (!list)
+        return -ENOMEM;
+    list->nmsrs = probe.nmsrs;
+    if (ioctl(m->kvm_fd, KVM_GET_MSR_INDEX_LIST, list) < 0) {
+        int e = -errno;
+        free(list);
+        return vs_error_errno(e, "KVM_GET_MSR_INDEX_LIST");
+    }
+    struct vmstate_writer body = {0};
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < list->nmsrs; i++) {
+        uint64_t buf[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = {0};
+        struct kvm_msrs *one = (struct kvm_msrs *)buf;
+        one->nmsrs = 1;
+        one->entries[0].index = list->indices[i];
+        if (ioctl(v->fd, KVM_GET_MSRS, one) != 1)
+            continue;
+        vmw_u32(&body, one->entries[0].index);
+        vmw_u64(&body, one->entries[0].data);
+        kept++;
+    }
+    free(list);
+    vmw_u32(w, VCPU_BLOB_MSRS);
+    vmw_u32(w, (uint32_t)(4 + body.len));
+    vmw_u32(w, kept);
+    vmw_bytes(w, body.buf, body.len);
+    int rc = body.failed ? -ENOMEM : 0;
+    vmw_free(&body);
+    return rc;
+}
+
+int vcpu_state_save(struct vcpu *v, struct vmstate_writer *w)
+{
+    struct machine *m = v->machine;
+    struct kvm_regs regs;
+    struct kvm_sregs sregs;
+    struct kvm_lapic_state lapic;
+    struct kvm_vcpu_events events;
+    struct kvm_debugregs debug;
+    struct kvm_mp_state mp;
+#define GET(req, what, var)                                                                        \
+    if (ioctl(v->fd, req, &var) < 0)                                                               \
+        return vs_error_errno(-errno, "vCPU %d: %s", v->index, what);
+    GET(KVM_GET_REGS, "KVM_GET_REGS", regs);
+    GET(KVM_GET_SREGS, "KVM_GET_SREGS", sregs);
+    GET(KVM_GET_LAPIC, "KVM_GET_LAPIC", lapic);
+    GET(KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", events);
+    GET(KVM_GET_DEBUGREGS, "KVM_GET_DEBUGREGS", debug);
+    GET(KVM_GET_MP_STATE, "KVM_GET_MP_STATE", mp);
+    put_blob(w, VCPU_BLOB_REGS, &regs, sizeof(regs));
+    put_blob(w, VCPU_BLOB_SREGS, &sregs, sizeof(sregs));
+    if (ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XSAVE) > 0) {
+        struct kvm_xsave xsave;
+        GET(KVM_GET_XSAVE, "KVM_GET_XSAVE", xsave);
+        put_blob(w, VCPU_BLOB_XSAVE, &xsave, sizeof(xsave));
+    } else {
+        struct kvm_fpu fpu;
+        GET(KVM_GET_FPU, "KVM_GET_FPU", fpu);
+        put_blob(w, VCPU_BLOB_FPU, &fpu, sizeof(fpu));
+    }
+    if (ioctl(m->kvm_fd, KVM_CHECK_EXTENSION, KVM_CAP_XCRS) > 0) {
+        struct kvm_xcrs xcrs;
+        GET(KVM_GET_XCRS, "KVM_GET_XCRS", xcrs);
+        put_blob(w, VCPU_BLOB_XCRS, &xcrs, sizeof(xcrs));
+    }
+#undef GET
+    put_blob(w, VCPU_BLOB_LAPIC, &lapic, sizeof(lapic));
+    int rc = msrs_save(v, w);
+    if (rc < 0)
+        return rc;
+    put_blob(w, VCPU_BLOB_EVENTS, &events, sizeof(events));
+    put_blob(w, VCPU_BLOB_DEBUGREGS, &debug, sizeof(debug));
+    put_blob(w, VCPU_BLOB_MP_STATE, &mp, sizeof(mp));
+    return 0;
+}
+
+static int msrs_load(struct vcpu *v, struct vmstate_reader *r, unsigned *refused)
+{
+    uint32_t n = vmr_u32(r);
+    if (!vmr_check(r, n <= (r->len - r->pos) / 12))
+        return -EINVAL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t buf[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = {0};
+        struct kvm_msrs *one = (struct kvm_msrs *)buf;
+        one->nmsrs = 1;
+        one->entries[0].index = vmr_u32(r);
+        one->entries[0].data = vmr_u64(r);
+        if (ioctl(v->fd, KVM_SET_MSRS, one) != 1)
+            (*refused)++;
+    }
+    return r->failed ? -EINVAL : 0;
+}
+
+int vcpu_state_load(struct vcpu *v, struct vmstate_reader *r)
+{
+    static const struct {
+        uint32_t tag;
+        size_t size;
+        unsigned long req;
+        const char *name;
+    } kinds[] = {
+        {VCPU_BLOB_REGS, sizeof(struct kvm_regs), KVM_SET_REGS, "KVM_SET_REGS"},
+        {VCPU_BLOB_SREGS, sizeof(struct kvm_sregs), KVM_SET_SREGS, "KVM_SET_SREGS"},
+        {VCPU_BLOB_XSAVE, sizeof(struct kvm_xsave), KVM_SET_XSAVE, "KVM_SET_XSAVE"},
+        {VCPU_BLOB_FPU, sizeof(struct kvm_fpu), KVM_SET_FPU, "KVM_SET_FPU"},
+        {VCPU_BLOB_XCRS, sizeof(struct kvm_xcrs), KVM_SET_XCRS, "KVM_SET_XCRS"},
+        {VCPU_BLOB_MSRS, 0, 0, "KVM_SET_MSRS"},
+        {VCPU_BLOB_LAPIC, sizeof(struct kvm_lapic_state), KVM_SET_LAPIC, "KVM_SET_LAPIC"},
+        {VCPU_BLOB_EVENTS, sizeof(struct kvm_vcpu_events), KVM_SET_VCPU_EVENTS,
+         "KVM_SET_VCPU_EVENTS"},
+        {VCPU_BLOB_DEBUGREGS, sizeof(struct kvm_debugregs), KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS"},
+        {VCPU_BLOB_MP_STATE, sizeof(struct kvm_mp_state), KVM_SET_MP_STATE, "KVM_SET_MP_STATE"},
+    };
+    unsigned seen = 0, refused = 0;
+    while (!r->failed && r->pos < r->len) {
+        uint32_t tag = vmr_u32(r), len = vmr_u32(r);
+        size_t k = 0;
+        while (k < VS_ARRAY_SIZE(kinds) && kinds[k].tag != tag)
+            k++;
+        if (!vmr_check(r, k < VS_ARRAY_SIZE(kinds) && !(seen & (1u << tag)) &&
+                              len <= r->len - r->pos &&
+                              (kinds[k].size == 0 || len == kinds[k].size)))
+            break;
+        seen |= 1u << tag;
+        struct vmstate_reader sub;
+        vmr_init(&sub, r->p + r->pos, len, r->what);
+        r->pos += len;
+        if (tag == VCPU_BLOB_MSRS) {
+            if (msrs_load(v, &sub, &refused) < 0 || vmr_finish(&sub) < 0)
+                return -EINVAL;
+            continue;
+        }
+        /* The kernel structs are copied whole: the file comes from this host's KVM (same
+         * struct sizes, checked above), and KVM validates what it is given. */
+        void *buf = vs_malloc(len);
+        if (!buf)
+            return -ENOMEM;
+        memcpy(buf, sub.p, len);
+        int rc = ioctl(v->fd, kinds[k].req, buf) < 0 ? -errno : 0;
+        free(buf);
+        if (rc < 0)
+            return vs_error_errno(rc, "vCPU %d: %s", v->index, kinds[k].name);
+    }
+    if (r->failed)
+        return -EINVAL;
+    uint32_t need = 1u << VCPU_BLOB_REGS | 1u << VCPU_BLOB_SREGS | 1u << VCPU_BLOB_LAPIC |
+                    1u << VCPU_BLOB_MSRS | 1u << VCPU_BLOB_MP_STATE;
+    if ((seen & need) != need)
+        return vs_error(-EINVAL, "%s: registers, LAPIC, MSRs or MP state missing", r->what);
+    if (refused)
+        vs_warn("vCPU %d: KVM refused %u saved MSRs", v->index, refused);
     return 0;
 }
 
@@ -500,6 +695,17 @@ static void *vcpu_thread(void *arg)
     for (;;) {
         pthread_mutex_lock(&m->lock);
         if (m->state == MACHINE_PAUSED) {
+            /* An exit handled just now (an `in` or MMIO read) completes inside the next KVM_RUN;
+             * run once with immediate_exit so the registers a save reads hold its result. */
+            pthread_mutex_unlock(&m->lock);
+            __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+            if (ioctl(v->fd, KVM_RUN, 0) < 0 && errno != EINTR && errno != EAGAIN)
+                vs_warn("vCPU %d: completing the last exit before a pause failed: %s", v->index,
+                        strerror(errno));
+            __atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+            pthread_mutex_lock(&m->lock);
+        }
+        if (m->state == MACHINE_PAUSED) {
             m->vcpus_paused++;
             pthread_cond_broadcast(&m->cond);
             while (m->state == MACHINE_PAUSED)
@@ -580,7 +786,7 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
                          struct console *console, struct console *vconsole);
 
 int machine_create(struct machine **out, const struct vmm_config *config, struct console *console,
-                   struct console *vconsole)
+                   struct console *vconsole, const struct vmstate_file *restore)
 {
     struct machine *m = vs_calloc(1, sizeof(*m));
     if (!m)
@@ -588,6 +794,7 @@ int machine_create(struct machine **out, const struct vmm_config *config, struct
     m->config = config;
     m->kvm_fd = m->vm_fd = -1;
     m->start_ns = vs_now_ns();
+    m->restore = restore;
     m->vcpu_count = config->cpus ? config->cpus : 1;
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cond, NULL);
@@ -623,9 +830,15 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
     if ((rc = serial_create(m, console)) < 0 || (rc = pm_create(m)) < 0 ||
         (rc = i8042_create(m)) < 0 || (rc = rtc_create(m)) < 0 || (rc = pci_create(m)) < 0)
         return rc;
-    for (size_t i = 0; i < config->disk_count; i++)
+    for (size_t i = 0; i < config->disk_count; i++) {
         if ((rc = virtio_blk_create(m, &config->disks[i])) < 0)
             return rc;
+        uint64_t size = virtio_blk_disk_size(m, i);
+        if (m->restore && size != m->restore->cfg.disk_sizes[i])
+            return vs_error(-EINVAL, "%s: size changed since the save (%llu bytes, was %llu)",
+                            config->disks[i].path, (unsigned long long)size,
+                            (unsigned long long)m->restore->cfg.disk_sizes[i]);
+    }
     for (size_t i = 0; i < config->net_count; i++)
         if ((rc = virtio_net_create(m, &config->nets[i])) < 0)
             return rc;
@@ -635,7 +848,7 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
         return rc;
     if (vconsole && (rc = virtio_console_create(m, vconsole)) < 0)
         return rc;
-    if ((rc = boot_load(m)) < 0 || (rc = machine_vm_ready(m)) < 0)
+    if ((!m->restore && (rc = boot_load(m)) < 0) || (rc = machine_vm_ready(m)) < 0)
         return rc;
     m->vcpus = vs_calloc(m->vcpu_count, sizeof(*m->vcpus));
     if (!m->vcpus)

@@ -134,12 +134,25 @@ struct vcpu {
 
 enum machine_state { MACHINE_RUNNING, MACHINE_PAUSED, MACHINE_STOPPING };
 
+struct vmstate_writer;
+struct vmstate_reader;
+
+/* How a device takes part in save/restore (snapshot.c): park its worker so nothing is in flight
+ * (HOLD) or let it go again, and write/read its state in its own section. */
+struct device_persist {
+    void (*park)(void *opaque, bool hold);
+    int (*save)(void *opaque, struct vmstate_writer *w);
+    int (*load)(void *opaque, struct vmstate_reader *r);
+};
+
 struct device {
     const char *name;
     void *state;
     void (*destroy)(void *state);
     /* Add "name": {counters} to a stats JSON object (json_object *), optional. */
     void (*stats)(void *state, void *json_object);
+    const struct device_persist *persist;
+    void *persist_opaque;
 };
 
 struct boot_info {
@@ -190,10 +203,14 @@ struct machine {
     uint64_t start_ns;
     _Atomic uint64_t first_output_ns;
     bool pvm_host;
+    const struct vmstate_file *restore; /* set while the machine is rebuilt from a state file */
 };
 
 int machine_add_device(struct machine *m, const char *name, void *state, void (*destroy)(void *),
                        void (*stats)(void *, void *));
+/* Give the device whose state is STATE its save/restore hooks (called with OPAQUE). */
+void machine_device_persist(struct machine *m, void *state, const struct device_persist *persist,
+                            void *opaque);
 /* Add DEVICE: {KEY: VALUE, …} to the stats object JSON; pairs of (const char *, uint64_t), NULL
  * after the last. */
 void json_stats_add(void *json, const char *device, ...);
@@ -268,6 +285,8 @@ int virtio_balloon_create(struct machine *m);
 int virtio_console_create(struct machine *m, struct console *console);
 /* Set the balloon's target (pages) and tell the driver; -ENODEV without a balloon. */
 int virtio_balloon_set_target(struct machine *m, uint32_t pages);
+/* The size in bytes of the disk behind virtio-blk number N (for the state file). */
+uint64_t virtio_blk_disk_size(struct machine *m, size_t n);
 
 /* ---- the VMM object ----------------------------------------------------------------------- */
 
@@ -284,10 +303,19 @@ struct vmm {
     pthread_mutex_t machine_lock; /* held while the machine is rebuilt */
     uint64_t created_ns;
     uint64_t first_output_ns;
+    struct vmstate_file *restored; /* the state file a --restore came from (owns config strings) */
 };
 
+/* RESTORE: rebuild the board of a saved VM (no kernel load, no boot registers) or NULL. */
 int machine_create(struct machine **out, const struct vmm_config *config, struct console *console,
-                   struct console *vconsole);
+                   struct console *vconsole, const struct vmstate_file *restore);
+/* snapshot.c: with the vCPUs paused, write the whole machine to PATH. */
+int machine_save(struct machine *m, const char *path);
+/* snapshot.c: set KVM, device and RAM state of a machine built from F (file FD, named NAME). */
+int machine_restore(struct machine *m, const struct vmstate_file *f, int fd, const char *name);
+/* kvm.c helpers for snapshot.c. */
+int vcpu_state_save(struct vcpu *v, struct vmstate_writer *w);
+int vcpu_state_load(struct vcpu *v, struct vmstate_reader *r);
 void machine_destroy(struct machine *m);
 int machine_run(struct machine *m, struct vmm_result *result);
 /* Stats JSON (json_object *) of the machine: vCPU times, exits, devices. */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "vmm/pci.h"
+#include "vmm/vmstate.h"
 
 #define PCI_SLOTS          32
 #define PCI_COMMAND_MEMORY 0x2
@@ -217,6 +218,59 @@ void pci_unregister(struct machine *m, struct pci_device *dev)
     pthread_mutex_unlock(&p->lock);
 }
 
+void pci_device_save(struct machine *m, struct pci_device *dev, struct vmstate_writer *w)
+{
+    struct pci *p = m->pci;
+    pthread_mutex_lock(&p->lock);
+    vmw_u32(w, dev->slot);
+    vmw_bytes(w, dev->cfg, sizeof(dev->cfg));
+    pthread_mutex_unlock(&p->lock);
+}
+
+int pci_device_load(struct machine *m, struct pci_device *dev, struct vmstate_reader *r)
+{
+    struct pci *p = m->pci;
+    uint8_t cfg[256];
+    uint32_t slot = vmr_u32(r);
+    vmr_bytes(r, cfg, sizeof(cfg));
+    /* Identity and capability layout come from the rebuilt device: they must match. */
+    if (!vmr_check(r, slot == dev->slot && memcmp(cfg, dev->cfg, 4) == 0 &&
+                          memcmp(cfg + 0x34, dev->cfg + 0x34, 1) == 0))
+        return -EINVAL;
+    pthread_mutex_lock(&p->lock);
+    memcpy(dev->cfg, cfg, sizeof(cfg));
+    pci_update_bars(m, dev);
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+static int pci_save(void *opaque, struct vmstate_writer *w)
+{
+    struct pci *p = opaque;
+    pthread_mutex_lock(&p->lock);
+    vmw_u32(w, p->address);
+    vmw_bytes(w, p->host_bridge.cfg, sizeof(p->host_bridge.cfg));
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+static int pci_load(void *opaque, struct vmstate_reader *r)
+{
+    struct pci *p = opaque;
+    uint32_t address = vmr_u32(r);
+    uint8_t cfg[256];
+    vmr_bytes(r, cfg, sizeof(cfg));
+    if (!vmr_check(r, memcmp(cfg, p->host_bridge.cfg, 4) == 0))
+        return -EINVAL;
+    pthread_mutex_lock(&p->lock);
+    p->address = address;
+    memcpy(p->host_bridge.cfg, cfg, sizeof(cfg));
+    pthread_mutex_unlock(&p->lock);
+    return 0;
+}
+
+static const struct device_persist pci_persist = {NULL, pci_save, pci_load};
+
 static void pci_destroy(void *opaque)
 {
     struct pci *p = opaque;
@@ -238,6 +292,7 @@ int pci_create(struct machine *m)
         return rc;
     }
     m->pci = p;
+    machine_device_persist(m, p, &pci_persist, p);
     /* 00:00.0 host bridge (Red Hat's generic PCIe host bridge ID) */
     p->host_bridge.name = "host-bridge";
     pci_header_init(&p->host_bridge, 0x1b36, 0x0008, 0x060000, 0, 0x1af4, 0x1100);

@@ -40,5 +40,11 @@ unsigned pci_add_capability(struct pci_device *dev, uint8_t id, const void *body
 /* Give the device a slot on bus 0 and addresses for its BARs, and map them. */
 int pci_register(struct machine *m, struct pci_device *dev);
 void pci_unregister(struct machine *m, struct pci_device *dev);
+struct vmstate_writer;
+struct vmstate_reader;
+/* A device's configuration space (BARs, command, MSI-X control) into/out of a state file; the
+ * load maps the BARs where the saved registers put them. */
+void pci_device_save(struct machine *m, struct pci_device *dev, struct vmstate_writer *w);
+int pci_device_load(struct machine *m, struct pci_device *dev, struct vmstate_reader *r);
 
 #endif

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "vmm/machine.h"
+#include "vmm/vmstate.h"
 
 #define PM1_PWRBTN     (1u << 8)
 #define PM1_CNT_SCI_EN 1u
@@ -132,6 +133,32 @@ static void pm_destroy(void *opaque)
     free(pm);
 }
 
+static int pm_save(void *opaque, struct vmstate_writer *w)
+{
+    struct pm *pm = opaque;
+    pthread_mutex_lock(&pm->lock);
+    vmw_u16(w, pm->status);
+    vmw_u16(w, pm->enable);
+    vmw_u16(w, pm->control);
+    pthread_mutex_unlock(&pm->lock);
+    return 0;
+}
+
+static int pm_load(void *opaque, struct vmstate_reader *r)
+{
+    struct pm *pm = opaque;
+    uint16_t status = vmr_u16(r), enable = vmr_u16(r), control = vmr_u16(r);
+    pthread_mutex_lock(&pm->lock);
+    pm->status = status;
+    pm->enable = enable;
+    pm->control = (uint16_t)((control & ~PM1_CNT_SLP_EN) | PM1_CNT_SCI_EN);
+    pthread_mutex_unlock(&pm->lock);
+    return r->failed ? -EINVAL : 0;
+}
+
+/* The PM timer needs nothing: it counts host time, which only moves forward. */
+static const struct device_persist pm_persist = {NULL, pm_save, pm_load};
+
 int pm_create(struct machine *m)
 {
     struct pm *pm = vs_calloc(1, sizeof(*pm));
@@ -146,6 +173,7 @@ int pm_create(struct machine *m)
         return rc;
     }
     m->pm = pm;
+    machine_device_persist(m, pm, &pm_persist, pm);
     if ((rc = bus_register(&m->pio, PORT_PM_EVT, 4, pm_evt_io, pm, "acpi-pm1a-evt")) < 0 ||
         (rc = bus_register(&m->pio, PORT_PM_CNT, 2, pm_cnt_io, pm, "acpi-pm1a-cnt")) < 0 ||
         (rc = bus_register(&m->pio, PORT_PM_TMR, 4, pm_tmr_io, pm, "acpi-pm-timer")) < 0 ||

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "vmm/machine.h"
+#include "vmm/vmstate.h"
 
 struct rtc {
     pthread_mutex_t lock;
@@ -139,6 +140,37 @@ static void rtc_destroy(void *opaque)
     free(r);
 }
 
+/* The time registers follow the host clock plus the guest's offset, so the offset is the state. */
+static int rtc_save(void *opaque, struct vmstate_writer *w)
+{
+    struct rtc *r = opaque;
+    pthread_mutex_lock(&r->lock);
+    vmw_u8(w, r->index);
+    vmw_bytes(w, r->cmos, sizeof(r->cmos));
+    vmw_u64(w, (uint64_t)r->offset);
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+static int rtc_load(void *opaque, struct vmstate_reader *in)
+{
+    struct rtc *r = opaque;
+    uint8_t index = vmr_u8(in);
+    uint8_t cmos[128];
+    vmr_bytes(in, cmos, sizeof(cmos));
+    int64_t offset = (int64_t)vmr_u64(in);
+    if (in->failed)
+        return -EINVAL;
+    pthread_mutex_lock(&r->lock);
+    r->index = index & 0x7f;
+    memcpy(r->cmos, cmos, sizeof(cmos));
+    r->offset = offset;
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+static const struct device_persist rtc_persist = {NULL, rtc_save, rtc_load};
+
 int rtc_create(struct machine *m)
 {
     struct rtc *r = vs_calloc(1, sizeof(*r));
@@ -152,5 +184,6 @@ int rtc_create(struct machine *m)
         rtc_destroy(r);
         return rc;
     }
+    machine_device_persist(m, r, &rtc_persist, r);
     return bus_register(&m->pio, 0x70, 2, rtc_io, r, "cmos-rtc");
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "vmm/machine.h"
+#include "vmm/vmstate.h"
 
 #define RX_SIZE 4096
 
@@ -190,6 +191,55 @@ static void serial_stats(void *opaque, void *json)
                    s->rx_dropped, NULL);
 }
 
+static void serial_park(void *opaque, bool hold)
+{
+    (void)opaque;
+    (void)hold; /* no worker: every access runs on a vCPU, and they are paused */
+}
+
+static int serial_save(void *opaque, struct vmstate_writer *w)
+{
+    struct serial *s = opaque;
+    pthread_mutex_lock(&s->lock);
+    uint8_t regs[7] = {s->ier, s->lcr, s->mcr, s->scr, s->fcr, s->dll, s->dlm};
+    vmw_bytes(w, regs, sizeof(regs));
+    vmw_u8(w, s->thri_pending);
+    vmw_u8(w, (uint8_t)s->irq_level);
+    vmw_u32(w, (uint32_t)s->rx_count);
+    for (size_t i = 0; i < s->rx_count; i++)
+        vmw_u8(w, s->rx[(s->rx_head + i) % RX_SIZE]);
+    pthread_mutex_unlock(&s->lock);
+    return 0;
+}
+
+static int serial_load(void *opaque, struct vmstate_reader *r)
+{
+    struct serial *s = opaque;
+    uint8_t regs[7];
+    vmr_bytes(r, regs, sizeof(regs));
+    bool thri = vmr_bool(r), level = vmr_bool(r);
+    uint32_t n = vmr_u32(r);
+    if (!vmr_check(r, n <= RX_SIZE))
+        return -EINVAL;
+    pthread_mutex_lock(&s->lock);
+    vmr_bytes(r, s->rx, n);
+    s->rx_head = 0;
+    s->rx_count = n;
+    s->ier = regs[0] & 0x0f;
+    s->lcr = regs[1];
+    s->mcr = regs[2] & 0x1f;
+    s->scr = regs[3];
+    s->fcr = regs[4] & 0xc9;
+    s->dll = regs[5];
+    s->dlm = regs[6];
+    s->thri_pending = thri;
+    s->irq_level = level; /* the line itself is in the restored irqchip */
+    pthread_mutex_unlock(&s->lock);
+    return r->failed ? -EINVAL : 0;
+}
+
+static const struct device_persist serial_persist = {serial_park, serial_save, serial_load};
+
 int serial_create(struct machine *m, struct console *console)
 {
     struct serial *s = vs_calloc(1, sizeof(*s));
@@ -205,6 +255,7 @@ int serial_create(struct machine *m, struct console *console)
         return rc;
     }
     m->serial = s;
+    machine_device_persist(m, s, &serial_persist, s);
     if (console)
         console_set_input(console, serial_input, s);
     return bus_register(&m->pio, PORT_COM1, 8, serial_io, s, "com1");

@@ -37,6 +37,7 @@ struct balloon {
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t lock; /* queues, config, the held stats buffer */
+    bool parked;          /* save in progress: leave the queues alone */
     struct virtq_chain *chain;
     uint32_t num_pages; /* host's target */
     uint32_t actual;    /* what the driver says it holds */
@@ -113,7 +114,7 @@ static void balloon_process(struct balloon *b)
 {
     pthread_mutex_lock(&b->lock);
     bool used[3] = {false, false, false};
-    for (unsigned qi = 0; qi < 3; qi++) {
+    for (unsigned qi = 0; qi < 3 && !b->parked; qi++) {
         struct virtq *q = virtio_pci_queue(b->vp, qi);
         if (!q->ready || q->broken)
             continue;
@@ -186,6 +187,55 @@ static int balloon_queue_eventfd(void *opaque, unsigned q)
 {
     struct balloon *b = opaque;
     return q < 3 ? b->kick_fd : -1;
+}
+
+static void balloon_park(void *opaque, bool hold)
+{
+    struct balloon *b = opaque;
+    pthread_mutex_lock(&b->lock); /* returns once the worker is between requests */
+    b->parked = hold;
+    pthread_mutex_unlock(&b->lock);
+    if (!hold) {
+        balloon_notify(b, 0);
+    }
+}
+
+static int balloon_save(void *opaque, struct vmstate_writer *w)
+{
+    struct balloon *b = opaque;
+    pthread_mutex_lock(&b->lock);
+    vmw_u32(w, b->num_pages);
+    vmw_u32(w, b->actual);
+    vmw_u8(w, b->stats_held);
+    vmw_u16(w, b->stats_head);
+    vmw_u8(w, b->stats_valid);
+    for (unsigned i = 0; i < NUM_STATS; i++)
+        vmw_u64(w, b->stats[i]);
+    pthread_mutex_unlock(&b->lock);
+    return 0;
+}
+
+static int balloon_load(void *opaque, struct vmstate_reader *r)
+{
+    struct balloon *b = opaque;
+    uint32_t num_pages = vmr_u32(r), actual = vmr_u32(r);
+    bool held = vmr_bool(r);
+    uint16_t head = vmr_u16(r);
+    bool valid = vmr_bool(r);
+    uint64_t stats[NUM_STATS];
+    for (unsigned i = 0; i < NUM_STATS; i++)
+        stats[i] = vmr_u64(r);
+    if (r->failed)
+        return -EINVAL;
+    pthread_mutex_lock(&b->lock);
+    b->num_pages = num_pages;
+    b->actual = actual;
+    b->stats_held = held;
+    b->stats_head = head;
+    b->stats_valid = valid;
+    memcpy(b->stats, stats, sizeof(stats));
+    pthread_mutex_unlock(&b->lock);
+    return 0;
 }
 
 static void balloon_reset(void *opaque)
@@ -295,6 +345,9 @@ static const struct virtio_device_ops balloon_ops = {
     .queue_notify = balloon_notify,
     .queue_eventfd = balloon_queue_eventfd,
     .reset = balloon_reset,
+    .park = balloon_park,
+    .save = balloon_save,
+    .load = balloon_load,
 };
 
 int virtio_balloon_create(struct machine *m)

@@ -53,6 +53,7 @@ struct blk {
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t lock; /* held by the worker while it touches the queue; reset waits on it */
+    bool parked;          /* save in progress: leave the queue alone */
     struct virtq_chain *chain;
     _Atomic uint64_t reads, writes, flushes, discards, write_zeroes, bytes_read, bytes_written,
         errors, requests;
@@ -218,6 +219,10 @@ static void blk_process(struct blk *b)
     pthread_mutex_lock(&b->lock);
     struct virtq *q = virtio_pci_queue(b->vp, 0);
     bool any = false, notify = true;
+    if (b->parked) {
+        pthread_mutex_unlock(&b->lock);
+        return;
+    }
     /* Kicks may arrive through the ioeventfd before the queue is enabled: check ready. While
      * we work the driver need not kick (each kick is a trap); re-enabled when the ring runs dry,
      * then checked once more for a request that raced with the flag. */
@@ -290,6 +295,27 @@ static void blk_reset(void *opaque)
     pthread_mutex_unlock(&b->lock);
 }
 
+static void blk_destroy(void *opaque);
+
+static void blk_park(void *opaque, bool hold)
+{
+    struct blk *b = opaque;
+    pthread_mutex_lock(&b->lock); /* returns once the worker is between requests */
+    b->parked = hold;
+    pthread_mutex_unlock(&b->lock);
+    if (!hold) {
+        blk_notify(b, 0);
+    }
+}
+
+uint64_t virtio_blk_disk_size(struct machine *m, size_t n)
+{
+    for (size_t i = 0; i < m->device_count; i++)
+        if (m->devices[i].destroy == blk_destroy && n-- == 0)
+            return ((struct blk *)m->devices[i].state)->capacity * 512;
+    return 0;
+}
+
 static void blk_config_read(void *opaque, uint64_t off, uint8_t *data, unsigned size)
 {
     struct blk *b = opaque;
@@ -339,6 +365,7 @@ static const struct virtio_device_ops blk_ops = {
     .queue_notify = blk_notify,
     .queue_eventfd = blk_queue_eventfd,
     .reset = blk_reset,
+    .park = blk_park,
 };
 
 static void put32(uint8_t *p, uint32_t v)

@@ -32,6 +32,7 @@ struct vcon {
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t lock; /* queues (worker), reset waits on it */
+    bool parked;          /* save in progress: leave the queues alone */
     struct virtq_chain *chain;
     pthread_mutex_t pending_lock; /* host input not yet given to the guest */
     uint8_t *pending;
@@ -141,6 +142,11 @@ static void *vcon_worker(void *arg)
                 /* spurious wakeup */
             }
         pthread_mutex_lock(&v->lock);
+        if (v->parked) { /* unparking kicks both queues */
+            blocked = false;
+            pthread_mutex_unlock(&v->lock);
+            continue;
+        }
         bool tx = vcon_transmit(v, &blocked);
         bool rx = vcon_receive(v);
         pthread_mutex_unlock(&v->lock);
@@ -170,6 +176,42 @@ static void vcon_reset(void *opaque)
     struct vcon *v = opaque;
     pthread_mutex_lock(&v->lock); /* wait for the worker to leave the queues */
     pthread_mutex_unlock(&v->lock);
+}
+
+static void vcon_park(void *opaque, bool hold)
+{
+    struct vcon *v = opaque;
+    pthread_mutex_lock(&v->lock); /* returns once the worker is between requests */
+    v->parked = hold;
+    pthread_mutex_unlock(&v->lock);
+    if (!hold) {
+        vcon_wake(v->kick_fd[0]);
+        vcon_wake(v->kick_fd[1]);
+    }
+}
+
+/* Host input the guest has not taken yet travels with the state. */
+static int vcon_save(void *opaque, struct vmstate_writer *w)
+{
+    struct vcon *v = opaque;
+    pthread_mutex_lock(&v->pending_lock);
+    vmw_u32(w, (uint32_t)v->pending_len);
+    vmw_bytes(w, v->pending, v->pending_len);
+    pthread_mutex_unlock(&v->pending_lock);
+    return 0;
+}
+
+static int vcon_load(void *opaque, struct vmstate_reader *r)
+{
+    struct vcon *v = opaque;
+    uint32_t n = vmr_u32(r);
+    if (!vmr_check(r, n <= PENDING_MAX))
+        return -EINVAL;
+    pthread_mutex_lock(&v->pending_lock);
+    vmr_bytes(r, v->pending, n);
+    v->pending_len = r->failed ? 0 : n;
+    pthread_mutex_unlock(&v->pending_lock);
+    return r->failed ? -EINVAL : 0;
 }
 
 static void vcon_config_read(void *opaque, uint64_t off, uint8_t *data, unsigned size)
@@ -218,6 +260,9 @@ static const struct virtio_device_ops vcon_ops = {
     .queue_notify = vcon_notify,
     .queue_eventfd = vcon_queue_eventfd,
     .reset = vcon_reset,
+    .park = vcon_park,
+    .save = vcon_save,
+    .load = vcon_load,
 };
 
 int virtio_console_create(struct machine *m, struct console *console)

@@ -45,6 +45,7 @@ struct net {
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t lock; /* held by the worker while it touches the queues; reset waits on it */
+    bool parked;          /* save in progress: leave the queues and the tap alone */
     uint8_t config[CONFIG_SIZE];
     struct virtq_chain *chain;
     struct iovec iov[VIRTQ_MAX_SEGS];
@@ -191,6 +192,11 @@ static void *net_worker(void *arg)
             bool tx_any = false, rx_any = false, starved = false;
             pthread_mutex_lock(&n->lock);
             struct virtq *tq = virtio_pci_queue(n->vp, Q_TX), *rq = virtio_pci_queue(n->vp, Q_RX);
+            if (n->parked) { /* unparking kicks both queues */
+                tx_more = rx_more = rx_wanted = false;
+                pthread_mutex_unlock(&n->lock);
+                break;
+            }
             if (tx_more && tq->ready && !tq->broken)
                 tx_any = net_tx(n, tq, &tx_more);
             else
@@ -240,6 +246,18 @@ static void net_reset(void *opaque)
     pthread_mutex_unlock(&n->lock);
 }
 
+static void net_park(void *opaque, bool hold)
+{
+    struct net *n = opaque;
+    pthread_mutex_lock(&n->lock); /* returns once the worker is between requests */
+    n->parked = hold;
+    pthread_mutex_unlock(&n->lock);
+    if (!hold) {
+        net_notify(n, Q_RX);
+        net_notify(n, Q_TX);
+    }
+}
+
 static void net_config_read(void *opaque, uint64_t off, uint8_t *data, unsigned size)
 {
     struct net *n = opaque;
@@ -286,6 +304,7 @@ static const struct virtio_device_ops net_ops = {
     .queue_eventfd = net_queue_eventfd,
     .activate = net_activate,
     .reset = net_reset,
+    .park = net_park,
 };
 
 /* Attach to (or create) tap NAME: no packet-info prefix, a virtio-net header on every frame. */

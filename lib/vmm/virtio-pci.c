@@ -16,6 +16,7 @@
 #include <sys/ioctl.h>
 
 #include "vmm/virtio.h"
+#include "vmm/vmstate.h"
 
 #define BAR_SIZE       0x8000
 #define OFF_COMMON     0x0000
@@ -423,6 +424,150 @@ static void bar_moved(struct pci_device *dev, int bar, uint64_t old_addr, uint64
         notify_ioeventfd(vp, new_addr, true);
 }
 
+/* ---- save/restore ---------------------------------------------------------------------------- */
+
+static void virtio_pci_park(void *opaque, bool hold)
+{
+    struct virtio_pci *vp = opaque;
+    if (vp->p.ops->park)
+        vp->p.ops->park(vp->p.dev, hold);
+}
+
+static int virtio_pci_save(void *opaque, struct vmstate_writer *w)
+{
+    struct virtio_pci *vp = opaque;
+    pci_device_save(vp->machine, &vp->pci, w);
+    pthread_mutex_lock(&vp->lock);
+    pthread_mutex_lock(&vp->msix_lock);
+    vmw_u32(w, vp->dfselect);
+    vmw_u32(w, vp->gfselect);
+    vmw_u64(w, vp->guest_features);
+    vmw_u8(w, vp->status);
+    vmw_u8(w, vp->config_generation);
+    vmw_u16(w, vp->queue_select);
+    vmw_u16(w, vp->msix_config);
+    vmw_u8(w, vp->isr);
+    vmw_u32(w, vp->nvec);
+    vmw_bytes(w, vp->table, vp->nvec * sizeof(*vp->table));
+    vmw_u64(w, vp->pending);
+    vmw_u8(w, vp->msix_enabled);
+    vmw_u8(w, vp->msix_masked);
+    vmw_u16(w, vp->p.num_queues);
+    for (unsigned i = 0; i < vp->p.num_queues; i++) {
+        const struct virtq *q = &vp->queues[i];
+        vmw_u16(w, q->size);
+        vmw_u8(w, q->ready);
+        vmw_u8(w, q->broken);
+        vmw_u64(w, q->desc);
+        vmw_u64(w, q->avail);
+        vmw_u64(w, q->used);
+        vmw_u16(w, q->last_avail);
+        vmw_u16(w, q->used_idx);
+        vmw_u16(w, vp->queue_vector[i]);
+    }
+    pthread_mutex_unlock(&vp->msix_lock);
+    pthread_mutex_unlock(&vp->lock);
+    size_t mark = vmw_blob_begin(w);
+    int rc = vp->p.ops->save ? vp->p.ops->save(vp->p.dev, w) : 0;
+    vmw_blob_end(w, mark);
+    return rc;
+}
+
+static int virtio_pci_load(void *opaque, struct vmstate_reader *r)
+{
+    struct virtio_pci *vp = opaque;
+    int rc = pci_device_load(vp->machine, &vp->pci, r);
+    if (rc < 0)
+        return rc;
+    /* The capabilities are ours, not the file's: keep only the MSI-X enable and mask bits. */
+    uint8_t ctrl_hi = vp->pci.cfg[vp->msix_cap + 3];
+    memcpy(vp->pci.cfg + 0x40, vp->cfg_template + 0x40, 256 - 0x40);
+    vp->pci.cfg[vp->msix_cap + 3] =
+        (uint8_t)((vp->cfg_template[vp->msix_cap + 3] & 0x3f) | (ctrl_hi & 0xc0));
+    uint32_t dfselect = vmr_u32(r), gfselect = vmr_u32(r);
+    uint64_t features = vmr_u64(r);
+    uint8_t status = vmr_u8(r), generation = vmr_u8(r);
+    uint16_t queue_select = vmr_u16(r), msix_config = vmr_u16(r);
+    uint8_t isr = vmr_u8(r);
+    if (!vmr_check(r, vmr_u32(r) == vp->nvec))
+        return -EINVAL;
+    struct msix_entry *table = vs_calloc(vp->nvec, sizeof(*table));
+    struct virtq *queues = vs_calloc(vp->p.num_queues, sizeof(*queues));
+    uint16_t *vectors = vs_calloc(vp->p.num_queues, sizeof(*vectors));
+    if (!table || !queues || !vectors) {
+        free(table);
+        free(queues);
+        free(vectors);
+        return -ENOMEM;
+    }
+    vmr_bytes(r, table, vp->nvec * sizeof(*table));
+    uint64_t pending = vmr_u64(r);
+    bool enabled = vmr_bool(r), masked = vmr_bool(r);
+    vmr_check(r, vmr_u16(r) == vp->p.num_queues);
+    vmr_check(r, msix_config < vp->nvec || msix_config == NO_VECTOR);
+    vmr_check(r, (features & ~device_features(vp)) == 0 && isr <= 3 && pending >> vp->nvec == 0);
+    for (unsigned i = 0; i < vp->p.num_queues && !r->failed; i++) {
+        struct virtq *q = &queues[i];
+        q->mem = vp->queues[i].mem;
+        q->size = vmr_u16(r);
+        q->ready = vmr_bool(r);
+        q->broken = vmr_bool(r);
+        q->desc = vmr_u64(r);
+        q->avail = vmr_u64(r);
+        q->used = vmr_u64(r);
+        q->last_avail = vmr_u16(r);
+        q->used_idx = vmr_u16(r);
+        vectors[i] = vmr_u16(r);
+        vmr_check(r, q->size && q->size <= vp->p.queue_max && !(q->size & (q->size - 1)) &&
+                         (vectors[i] < vp->nvec || vectors[i] == NO_VECTOR));
+        if (!r->failed && q->ready && virtq_validate(q) < 0)
+            vmr_check(r, false); /* rings outside guest RAM */
+    }
+    struct vmstate_reader dev;
+    if (vmr_blob(r, &dev) && vp->p.ops->load) {
+        rc = vp->p.ops->load(vp->p.dev, &dev);
+        if (rc == 0)
+            rc = vmr_finish(&dev);
+    } else if (!r->failed) {
+        rc = vmr_finish(&dev);
+    }
+    if (r->failed || rc < 0) {
+        free(table);
+        free(queues);
+        free(vectors);
+        return rc < 0 ? rc : -EINVAL;
+    }
+    pthread_mutex_lock(&vp->lock);
+    pthread_mutex_lock(&vp->msix_lock);
+    vp->dfselect = dfselect;
+    vp->gfselect = gfselect;
+    vp->guest_features = features;
+    vp->status = status;
+    vp->config_generation = generation;
+    vp->queue_select = queue_select;
+    vp->msix_config = msix_config;
+    vp->isr = isr;
+    memcpy(vp->table, table, vp->nvec * sizeof(*table));
+    vp->pending = pending;
+    vp->msix_enabled = enabled;
+    vp->msix_masked = masked;
+    memcpy(vp->queues, queues, vp->p.num_queues * sizeof(*queues));
+    memcpy(vp->queue_vector, vectors, vp->p.num_queues * sizeof(*vectors));
+    pthread_mutex_unlock(&vp->msix_lock);
+    pthread_mutex_unlock(&vp->lock);
+    free(table);
+    free(queues);
+    free(vectors);
+    /* Buffers the driver posted (and kicked) before the save wait in the rings: look now. */
+    for (unsigned i = 0; i < vp->p.num_queues; i++)
+        if (vp->queues[i].ready && vp->p.ops->queue_notify)
+            vp->p.ops->queue_notify(vp->p.dev, i);
+    return 0;
+}
+
+static const struct device_persist virtio_pci_persist = {virtio_pci_park, virtio_pci_save,
+                                                         virtio_pci_load};
+
 /* ---- construction ---------------------------------------------------------------------------- */
 
 static void add_virtio_cap(struct pci_device *dev, uint8_t type, uint32_t off, uint32_t len,
@@ -489,6 +634,7 @@ int virtio_pci_create(struct machine *m, const struct virtio_pci_params *params,
         virtio_pci_destroy(vp);
         return rc;
     }
+    machine_device_persist(m, params->dev, &virtio_pci_persist, vp);
     *out = vp;
     return 0;
 }

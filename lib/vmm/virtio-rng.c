@@ -26,6 +26,7 @@ struct rng {
     pthread_t worker;
     bool worker_started;
     pthread_mutex_t lock; /* held by the worker while it touches the queue; reset waits on it */
+    bool parked;          /* save in progress: leave the queue alone */
     struct virtq_chain *chain;
     _Atomic uint64_t requests, bytes, errors;
 };
@@ -59,7 +60,8 @@ static void rng_process(struct rng *r)
     pthread_mutex_lock(&r->lock);
     struct virtq *q = virtio_pci_queue(r->vp, 0);
     bool any = false;
-    for (; q->ready;) { /* kicks may arrive through the ioeventfd before the queue is enabled */
+    for (; q->ready &&
+           !r->parked;) { /* kicks may arrive through the ioeventfd before the queue is enabled */
         int rc = virtq_pop(q, r->chain);
         if (rc == 0)
             break;
@@ -120,6 +122,17 @@ static void rng_reset(void *opaque)
     pthread_mutex_unlock(&r->lock);
 }
 
+static void rng_park(void *opaque, bool hold)
+{
+    struct rng *r = opaque;
+    pthread_mutex_lock(&r->lock); /* returns once the worker is between requests */
+    r->parked = hold;
+    pthread_mutex_unlock(&r->lock);
+    if (!hold) {
+        rng_notify(r, 0);
+    }
+}
+
 static void rng_config_read(void *opaque, uint64_t off, uint8_t *data, unsigned size)
 {
     (void)opaque;
@@ -162,6 +175,7 @@ static const struct virtio_device_ops rng_ops = {
     .queue_notify = rng_notify,
     .queue_eventfd = rng_queue_eventfd,
     .reset = rng_reset,
+    .park = rng_park,
 };
 
 int virtio_rng_create(struct machine *m)

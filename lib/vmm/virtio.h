@@ -7,6 +7,7 @@
 
 #include "vmm/pci.h"
 #include "vmm/virtqueue.h"
+#include "vmm/vmstate.h"
 
 #define VIRTIO_F_VERSION_1        (1ULL << 32)
 #define VIRTIO_STATUS_ACKNOWLEDGE 1
@@ -35,6 +36,12 @@ struct virtio_device_ops {
     void (*activate)(void *dev);
     /* The driver reset the device: stop touching the queues before returning. */
     void (*reset)(void *dev);
+    /* Save/restore: HOLD parks the worker (it finishes the request it is on and takes no new
+     * one) until called again with false, which also wakes it to look at every queue. */
+    void (*park)(void *dev, bool hold);
+    /* State of the device beyond the transport's (optional). */
+    int (*save)(void *dev, struct vmstate_writer *w);
+    int (*load)(void *dev, struct vmstate_reader *r);
 };
 
 struct virtio_pci_params {

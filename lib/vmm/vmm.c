@@ -7,19 +7,20 @@
  * boot path exactly as a cold start would, with no per-device reset code to get wrong.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "vmm/machine.h"
+#include "vmm/vmstate.h"
 
-int vmm_create(struct vmm **out, const struct vmm_config *config)
+/* Build V from its config: consoles, the machine (from RESTORE when given), the API socket. */
+static int vmm_build(struct vmm *v, const struct vmstate_file *restore)
 {
-    struct vmm *v = vs_calloc(1, sizeof(*v));
-    if (!v)
-        return -ENOMEM;
-    v->created_ns = vs_now_ns();
-    v->config = *config;
-    pthread_mutex_init(&v->machine_lock, NULL);
+    const struct vmm_config *config = &v->config;
     int rc = console_open(&v->console, config->console);
     if (rc == 0 && config->vconsole) {
         bool serial_stdio = !config->console || strcmp(config->console, "stdio") == 0;
@@ -32,13 +33,117 @@ int vmm_create(struct vmm **out, const struct vmm_config *config)
             rc = console_open_as(&v->vconsole, config->vconsole, "--vconsole");
     }
     if (rc == 0)
-        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole);
+        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, restore);
     if (rc == 0 && config->api)
         rc = control_start(&v->control, v, config->api);
+    return rc;
+}
+
+int vmm_create(struct vmm **out, const struct vmm_config *config)
+{
+    struct vmm *v = vs_calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    v->created_ns = vs_now_ns();
+    v->config = *config;
+    pthread_mutex_init(&v->machine_lock, NULL);
+    int rc = vmm_build(v, NULL);
     if (rc < 0) {
         vmm_destroy(v);
         return rc;
     }
+    *out = v;
+    return 0;
+}
+
+int vmm_save(struct vmm *v, const char *path)
+{
+    pthread_mutex_lock(&v->machine_lock);
+    struct machine *m = v->machine;
+    int rc = !m ? vs_error(-EAGAIN, "the VM is rebooting") : 0;
+    bool was_paused = false;
+    if (rc == 0) {
+        pthread_mutex_lock(&m->lock);
+        was_paused = m->state == MACHINE_PAUSED;
+        pthread_mutex_unlock(&m->lock);
+        rc = machine_pause(m);
+    }
+    if (rc == 0 && (rc = machine_save(m, path)) == 0)
+        machine_request_stop(m, VMM_EXIT_SAVED, 0, "saved");
+    else if (m && !was_paused)
+        machine_resume(m);
+    pthread_mutex_unlock(&v->machine_lock);
+    return rc;
+}
+
+/* Read and parse the state part of PATH (header, sections); *fd stays open for the RAM. */
+static int state_file_open(const char *path, struct vmstate_file *f, int *fd)
+{
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (*fd < 0)
+        return vs_error_errno(-errno, "%s", path);
+    struct stat st;
+    if (fstat(*fd, &st) < 0)
+        return vs_error_errno(-errno, "%s", path);
+    if (!S_ISREG(st.st_mode))
+        return vs_error(-EINVAL, "%s: not a regular file", path);
+    uint8_t header[VMSTATE_HEADER_SIZE];
+    size_t have = (size_t)VS_MIN((uint64_t)st.st_size, sizeof(header));
+    uint64_t state_len;
+    int rc;
+    if ((rc = vs_pread_full(*fd, header, have, 0)) < 0)
+        return vs_error_errno(rc, "%s", path);
+    if ((rc = vmstate_header_parse(header, have, &state_len, path)) < 0)
+        return rc;
+    if (VMSTATE_HEADER_SIZE + state_len > (uint64_t)st.st_size)
+        return vs_error(-EINVAL, "%s: truncated (%llu bytes, the state alone needs %llu)", path,
+                        (unsigned long long)st.st_size,
+                        (unsigned long long)(VMSTATE_HEADER_SIZE + state_len));
+    size_t len = (size_t)(VMSTATE_HEADER_SIZE + state_len);
+    uint8_t *buf = vs_malloc(len);
+    if (!buf)
+        return -ENOMEM;
+    if ((rc = vs_pread_full(*fd, buf, len, 0)) < 0) {
+        free(buf);
+        return vs_error_errno(rc, "%s", path);
+    }
+    if ((rc = vmstate_parse(buf, len, f, path)) < 0)
+        return rc;
+    return vmstate_check_size(f, (uint64_t)st.st_size, path);
+}
+
+int vmm_restore(struct vmm **out, const char *path, const struct vmm_restore_options *options)
+{
+    struct vmm *v = vs_calloc(1, sizeof(*v));
+    if (!v)
+        return -ENOMEM;
+    v->created_ns = vs_now_ns();
+    pthread_mutex_init(&v->machine_lock, NULL);
+    int fd = -1;
+    int rc = (v->restored = vs_calloc(1, sizeof(*v->restored))) ? 0 : -ENOMEM;
+    if (rc == 0)
+        rc = state_file_open(path, v->restored, &fd);
+    if (rc == 0) {
+        v->config = v->restored->cfg.config;
+        v->config.console = options->console;
+        v->config.api = options->api;
+        if (options->vconsole)
+            v->config.vconsole = options->vconsole;
+        rc = vmm_build(v, v->restored);
+    }
+    if (rc == 0)
+        rc = machine_restore(v->machine, v->restored, fd, path);
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0) {
+        vmm_destroy(v);
+        return rc;
+    }
+    /* The status command shows how the saved VM had booted, marked as restored. */
+    char *how = v->machine->boot.how;
+    size_t room = sizeof(v->machine->boot.how);
+    size_t n = (size_t)snprintf(how, room, "restored: ");
+    snprintf(how + n, room - n, "%.*s", (int)(room - n - 1), v->restored->cfg.boot_how);
     *out = v;
     return 0;
 }
@@ -54,7 +159,7 @@ int vmm_run(struct vmm *v, struct vmm_result *result)
         pthread_mutex_lock(&v->machine_lock);
         machine_destroy(v->machine);
         v->machine = NULL;
-        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole);
+        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, NULL);
         pthread_mutex_unlock(&v->machine_lock);
         if (rc < 0)
             return vs_error_prefix(rc, "reboot");
@@ -71,6 +176,10 @@ void vmm_destroy(struct vmm *v)
     if (v->vconsole)
         console_close(v->vconsole);
     pthread_mutex_destroy(&v->machine_lock);
+    if (v->restored) {
+        vmstate_file_free(v->restored);
+        free(v->restored);
+    }
     free(v);
 }
 

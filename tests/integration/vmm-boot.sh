@@ -5,7 +5,7 @@
 # that must give one clear line of error and no crash.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
 IT_TIMEOUT=${IT_TIMEOUT:-60}
 source "$ROOT/tests/integration/lib.sh"
 require_vessel

@@ -6,7 +6,7 @@
 # entry, and a broken grub.cfg, a missing kernel or a disk without a config give one clear line.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
 IT_TIMEOUT=${IT_TIMEOUT:-60}
 source "$ROOT/tests/integration/lib.sh"
 require_vessel

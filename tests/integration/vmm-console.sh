@@ -4,7 +4,7 @@
 # socket reaches the guest intact, and bad --vconsole values fail with exit 1 and one line.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
 case $VESSEL in /*) ;; *) VESSEL=$ROOT/$VESSEL ;; esac
 IT_TIMEOUT=${IT_TIMEOUT:-60}
 source "$ROOT/tests/integration/lib.sh"

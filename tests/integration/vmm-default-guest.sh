@@ -7,7 +7,7 @@
 # that reason). Both must print `uname -a`, find the virtio disk, and power off cleanly.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VMM=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VMM=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
 IT_TIMEOUT=${IT_TIMEOUT:-240}
 source "$ROOT/tests/integration/lib.sh"
 require_vessel

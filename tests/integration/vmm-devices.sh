@@ -7,7 +7,7 @@
 # Linux bridge between two VMs in a private network namespace (no traffic leaves it).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
 case $VESSEL in /*) ;; *) VESSEL=$ROOT/$VESSEL ;; esac
 VESSEL_IMG=${VESSEL_IMG:-$(dirname "$VESSEL")/vessel}
 IT_TIMEOUT=${IT_TIMEOUT:-90}

@@ -5,7 +5,7 @@
 # download` into build/guest-cache/, never committed). A full boot to init runs only on hardware KVM.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$ROOT/build/asan/bin/vessel-vmm}
+VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
 IT_TIMEOUT=${IT_TIMEOUT:-90}
 source "$ROOT/tests/integration/lib.sh"
 require_vessel
