@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <termios.h>
@@ -394,6 +395,65 @@ static int verb_template(struct cli *c, const char *name, const char *gold, cons
     return rc;
 }
 
+/* PATH made absolute against the current directory (malloc'd). */
+static char *absolute_path(const char *path)
+{
+    char cwd[PATH_MAX];
+    if (path[0] == '/')
+        return vs_strdup(path);
+    return getcwd(cwd, sizeof(cwd)) ? vs_asprintf("%s/%s", cwd, path) : NULL;
+}
+
+/* save NAME FILE: the VM's memory and device state to FILE, then it stops (xm save). */
+static int verb_save(struct cli *c, const char *name, const char *file)
+{
+    char *abs = absolute_path(file), *path = vm_path(name, "/save");
+    json_object *body = json_object_new_object(), *o = NULL;
+    int rc = 1;
+    if (abs && path && body) {
+        json_object_object_add(body, "path", json_object_new_string(abs));
+        rc = call(c, "POST", path, "application/json",
+                  json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), &o, NULL);
+        if (rc == 0)
+            c->json ? print_json(o) : (void)printf("VM %s saved to %s\n", name, jstr(o, "path"));
+    } else {
+        rc = fail("out of memory");
+    }
+    json_object_put(o);
+    json_object_put(body);
+    free(abs);
+    free(path);
+    return rc;
+}
+
+/* restore FILE|NAME: an argument with a '/' or naming an existing file is a state file (the daemon
+ * finds the VM saved to it), else the name of a saved VM (xm restore). */
+static int verb_restore(struct cli *c, const char *what)
+{
+    struct stat st;
+    bool is_file = strchr(what, '/') || stat(what, &st) == 0;
+    char *abs = is_file ? absolute_path(what) : NULL;
+    char *path = is_file ? vs_strdup("/v1/restore") : vm_path(what, "/restore");
+    json_object *body = json_object_new_object(), *o = NULL;
+    int rc = 1;
+    if ((!is_file || abs) && path && body) {
+        if (abs)
+            json_object_object_add(body, "path", json_object_new_string(abs));
+        rc = call(c, "POST", path, "application/json",
+                  json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), &o, NULL);
+        if (rc == 0)
+            c->json ? print_json(o)
+                    : (void)printf("VM %s restored from %s\n", jstr(o, "name"), jstr(o, "path"));
+    } else {
+        rc = fail("out of memory");
+    }
+    json_object_put(o);
+    json_object_put(body);
+    free(abs);
+    free(path);
+    return rc;
+}
+
 static int verb_list(struct cli *c, bool all)
 {
     json_object *o, *vms;
@@ -453,6 +513,8 @@ static int verb_info(struct cli *c, const char *name)
                (long long)jint(o, "nics"), jint(o, "autostart") ? "on" : "off",
                jstr(o, "on_poweroff"), jstr(o, "on_reboot"), jstr(o, "on_crash"),
                (long long)jint(o, "boots"));
+        if (jstr(o, "saved_path")[0])
+            printf("Saved to:    %s\n", jstr(o, "saved_path"));
         if (jint(o, "last_exit") >= 0)
             printf("Last exit:   %lld\n", (long long)jint(o, "last_exit"));
         if (jstr(o, "last_error")[0])
@@ -794,7 +856,11 @@ static void usage(FILE *out, const char *verb)
             "  start NAME [--paused] [--console]   start (paused before the first instruction "
             "runs long); then attach the console\n"
             "  shutdown NAME [--timeout N]     ACPI power button; destroy after N s\n"
-            "  destroy | reboot | pause | resume NAME\n"
+            "  destroy | reboot | pause | resume NAME   (destroy of a saved VM discards the "
+            "saved state)\n"
+            "  save NAME FILE                  memory and devices to FILE (a new file), then the "
+            "VM stops (xm save)\n"
+            "  restore FILE | restore NAME     resume the VM saved to FILE (xm restore)\n"
             "  dumpdef NAME [--format vessel|libvirt]\n"
             "  autostart NAME on|off\n"
             "  clone NAME NEW [--copy]         new uuid and MACs; qcow2 overlays or full copies\n"
@@ -895,11 +961,12 @@ int cli_vm_main(int argc, char **argv)
         const char *name;
         int min, max;
     } arity[] = {
-        {"define", 1, 1}, {"undefine", 1, 1}, {"list", 0, 0},     {"info", 1, 1},
-        {"start", 1, 1},  {"shutdown", 1, 1}, {"destroy", 1, 1},  {"reboot", 1, 1},
-        {"pause", 1, 1},  {"resume", 1, 1},   {"dumpdef", 1, 1},  {"autostart", 2, 2},
-        {"stats", 1, 1},  {"clone", 2, 2},    {"snapshot", 2, 3}, {"console", 1, 1},
-        {"events", 0, 0}, {"edit", 1, 1},     {"template", 1, 2},
+        {"define", 1, 1},  {"undefine", 1, 1}, {"list", 0, 0},     {"info", 1, 1},
+        {"start", 1, 1},   {"shutdown", 1, 1}, {"destroy", 1, 1},  {"reboot", 1, 1},
+        {"pause", 1, 1},   {"resume", 1, 1},   {"dumpdef", 1, 1},  {"autostart", 2, 2},
+        {"stats", 1, 1},   {"clone", 2, 2},    {"snapshot", 2, 3}, {"console", 1, 1},
+        {"events", 0, 0},  {"edit", 1, 1},     {"template", 1, 2}, {"save", 2, 2},
+        {"restore", 1, 1},
     };
     for (size_t i = 0; i < VS_ARRAY_SIZE(arity); i++) {
         if (strcmp(verb, arity[i].name))
@@ -932,6 +999,10 @@ int cli_vm_main(int argc, char **argv)
         }
         if (!strcmp(verb, "shutdown"))
             return verb_shutdown(&c, ops[0], timeout);
+        if (!strcmp(verb, "save"))
+            return verb_save(&c, ops[0], ops[1]);
+        if (!strcmp(verb, "restore"))
+            return verb_restore(&c, ops[0]);
         if (!strcmp(verb, "destroy"))
             return verb_action(&c, ops[0], "destroy", NULL, "destroyed");
         if (!strcmp(verb, "reboot"))

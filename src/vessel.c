@@ -39,6 +39,8 @@ static const struct vessel_command vessel_commands[] = {
     {"start", cli_vm_main, "start a VM (--paused, --console: then attach its console)"},
     {"shutdown", cli_vm_main, "press a VM's power button (--timeout N: then destroy)"},
     {"destroy", cli_vm_main, "pull a VM's plug"},
+    {"save", cli_vm_main, "save a running VM to a state file and stop it (xm save)"},
+    {"restore", cli_vm_main, "resume a saved VM from its state file (xm restore)"},
     {"reboot", cli_vm_main, "reset a VM (its on_reboot policy decides)"},
     {"pause", cli_vm_main, "stop a VM's vCPUs"},
     {"resume", cli_vm_main, "continue a paused VM"},

@@ -25,7 +25,7 @@
 
 #define MGMT_DEFAULT_STATE_DIR "/var/lib/vessel"
 #define MGMT_SOCKET_NAME       "vesseld.sock"
-#define MGMT_SCHEMA_VERSION    2
+#define MGMT_SCHEMA_VERSION    3
 
 /* ---- store (lib/mgmt/store.c) ---------------------------------------------------------------- */
 
@@ -36,7 +36,7 @@ struct mgmt_vm_record {
     char name[65];
     char uuid[37];
     char *definition; /* canonical vessel text (malloc'd) */
-    char state[16];   /* shutoff, running, paused, crashed */
+    char state[16];   /* shutoff, running, paused, crashed, saved */
     int64_t pid;      /* vessel-vmm, 0 when not running */
     int64_t keeper_pid;
     int64_t started_at; /* unix seconds, 0 when not running */
@@ -44,8 +44,9 @@ struct mgmt_vm_record {
     int64_t generation; /* bumped by every change: a lost update shows as a missing bump */
     int64_t last_exit;  /* vessel-vmm exit code of the last run, -1 none */
     char last_error[256];
-    bool autostart;   /* true when the definition says always or was-running */
-    bool was_running; /* running when the daemon last saw it (autostart = was-running) */
+    bool autostart;        /* true when the definition says always or was-running */
+    bool was_running;      /* running when the daemon last saw it (autostart = was-running) */
+    char saved_path[4096]; /* state 'saved': the state file it was saved to, else "" */
 };
 
 void mgmt_vm_record_free(struct mgmt_vm_record *rec); /* frees the members, not rec */
@@ -70,6 +71,12 @@ int mgmt_store_set_autostart(struct mgmt_store *store, const char *name, bool on
 int mgmt_store_transition(struct mgmt_store *store, const char *name, const char *state,
                           const char *event, int64_t pid, int64_t keeper_pid, int64_t last_exit,
                           const char *error, bool count_boot);
+/* State 'saved' with the state file's path (any other transition forgets it), pid cleared, and the
+ * event 'saved' (detail: path) in one transaction. */
+int mgmt_store_saved(struct mgmt_store *store, const char *name, const char *path,
+                     int64_t last_exit);
+/* The VM in state 'saved' whose state file is path (as recorded); -ENOENT naming path if none. */
+int mgmt_store_find_saved(struct mgmt_store *store, const char *path, char *name, size_t len);
 /* Append an event (started, stopped, crashed, rebooted, …). */
 int mgmt_store_event(struct mgmt_store *store, const char *name, const char *event,
                      const char *detail);
@@ -170,6 +177,8 @@ const char *mgmt_client_socket_path(const char *connect);
 
 /* Send {"cmd":CMD} to the VMM API socket and return the one-line reply (malloc'd JSON text). */
 int mgmt_vmm_command(const char *api_socket, const char *cmd, int timeout_ms, char **reply);
+/* The same with a whole request object (one line of JSON, without the newline). */
+int mgmt_vmm_request(const char *api_socket, const char *request, int timeout_ms, char **reply);
 
 /* ---- the daemon (lib/mgmt/daemon.c, supervisor.c, api.c) ------------------------------------- */
 

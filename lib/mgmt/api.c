@@ -162,6 +162,8 @@ static json_object *record_json(struct mgmt_daemon *d, const struct mgmt_vm_reco
     json_object_object_add(o, "pid", json_object_new_int64(rec->pid));
     json_object_object_add(o, "autostart", json_object_new_boolean(rec->autostart));
     json_object_object_add(o, "generation", json_object_new_int64(rec->generation));
+    if (rec->saved_path[0])
+        json_object_object_add(o, "saved_path", json_object_new_string(rec->saved_path));
     if (!details)
         return o;
     struct vm_def *def = NULL;
@@ -374,6 +376,47 @@ static void api_snapshots(struct mgmt_daemon *d, const char *name, struct api_re
     json_object_object_add(r->json, "snapshots", arr);
 }
 
+/* The state file of save/restore: ?path=FILE, or a JSON body {"path": FILE}. */
+static bool state_file_arg(const struct mgmt_http_request *req, const char *body, char *out,
+                           size_t len)
+{
+    if (mgmt_http_query_get(req->query, "path", out, len))
+        return out[0] != 0;
+    json_object *o = body && body[0] ? json_tokener_parse(body) : NULL, *p;
+    bool ok = o && json_object_object_get_ex(o, "path", &p) &&
+              json_object_is_type(p, json_type_string) && strlen(json_object_get_string(p)) < len &&
+              json_object_get_string(p)[0];
+    if (ok)
+        snprintf(out, len, "%s", json_object_get_string(p));
+    json_object_put(o);
+    return ok;
+}
+
+/* POST /v1/vms/NAME/save {"path"}, /v1/vms/NAME/restore, /v1/restore {"path"}. */
+static void api_save_restore(struct mgmt_daemon *d, const struct mgmt_http_request *req,
+                             const char *body, const char *vm, bool save, struct api_reply *r)
+{
+    char file[PATH_MAX], done[PATH_MAX], name[VM_DEF_NAME_MAX + 1] = "";
+    bool have_file = state_file_arg(req, body, file, sizeof(file));
+    int err;
+    if (save)
+        err = have_file ? mgmt_vm_save(d, vm, file, done, sizeof(done))
+                        : vs_error(-EINVAL, "save: path=FILE (an absolute path) required");
+    else if (!vm && !have_file)
+        err = vs_error(-EINVAL, "restore: path=FILE required");
+    else
+        err = mgmt_vm_restore(d, vm, vm ? NULL : file, name, sizeof(name), done, sizeof(done));
+    if (err) {
+        reply_error(r, err);
+        return;
+    }
+    r->status = 200;
+    r->json = json_object_new_object();
+    json_object_object_add(r->json, "name", json_object_new_string(vm ? vm : name));
+    json_object_object_add(r->json, "state", json_object_new_string(save ? "saved" : "running"));
+    json_object_object_add(r->json, "path", json_object_new_string(done));
+}
+
 /* Split "/v1/vms/NAME/ACTION/SUB/SUB2" into at most 6 segments. */
 static size_t split_path(char *path, char *seg[6])
 {
@@ -400,6 +443,8 @@ static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, co
         reply_ok(r, 0);
     } else if (!strcmp(seg[1], "pools")) {
         route_pools(d, req, seg, n, r);
+    } else if (n == 2 && post && !strcmp(seg[1], "restore")) {
+        api_save_restore(d, req, body, NULL, false, r);
     } else if (strcmp(seg[1], "vms")) {
         r->status = 404;
     } else if (n == 2 && get) {
@@ -422,6 +467,8 @@ static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, co
             bool paused = mgmt_http_query_get(req->query, "paused", arg, sizeof(arg)) &&
                           strcmp(arg, "0") && strcmp(arg, "false");
             reply_ok(r, mgmt_vm_start(d, vm, paused));
+        } else if (!strcmp(a, "save") || !strcmp(a, "restore")) {
+            api_save_restore(d, req, body, vm, !strcmp(a, "save"), r);
         } else if (!strcmp(a, "destroy")) {
             reply_ok(r, mgmt_vm_destroy(d, vm));
         } else if (!strcmp(a, "shutdown")) {

@@ -516,7 +516,22 @@ int mgmt_client_stream(const char *target, const char *path, int *status, char *
 
 int mgmt_vmm_command(const char *api_socket, const char *cmd, int timeout_ms, char **reply)
 {
+    char request[256];
+    snprintf(request, sizeof(request), "{\"cmd\":\"%s\"}", cmd);
+    return mgmt_vmm_request(api_socket, request, timeout_ms, reply);
+}
+
+int mgmt_vmm_request(const char *api_socket, const char *request, int timeout_ms, char **reply)
+{
     *reply = NULL;
+    /* the command's name for messages: the request is {"cmd":"NAME"…} */
+    char cmd[32] = "request";
+    const char *c = strstr(request, "\"cmd\":\"");
+    if (c) {
+        c += 7;
+        size_t n = strcspn(c, "\"");
+        snprintf(cmd, sizeof(cmd), "%.*s", (int)VS_MIN(n, sizeof(cmd) - 1), c);
+    }
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (strlen(api_socket) >= sizeof(addr.sun_path))
         return vs_error(-ENAMETOOLONG, "%s: socket path too long", api_socket);
@@ -529,9 +544,9 @@ int mgmt_vmm_command(const char *api_socket, const char *cmd, int timeout_ms, ch
         close(fd);
         return err;
     }
-    char line[256];
-    int n = snprintf(line, sizeof(line), "{\"cmd\":\"%s\"}\n", cmd);
-    int err = write_all(fd, line, (size_t)n);
+    int err = write_all(fd, request, strlen(request));
+    if (!err)
+        err = write_all(fd, "\n", 1);
     size_t cap = 65536, len = 0;
     char *buf = err ? NULL : malloc(cap);
     if (!err && !buf)

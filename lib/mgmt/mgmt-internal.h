@@ -23,7 +23,7 @@ struct mgmt_vm_runtime {
     char name[VM_DEF_NAME_MAX + 1];
     pthread_mutex_t lock;
     pthread_cond_t changed;    /* broadcast after every state change */
-    char state[16];            /* shutoff, running, paused, crashed */
+    char state[16];            /* shutoff, running, paused, crashed, saved */
     pid_t pid, keeper_pid;     /* vessel-vmm and its keeper; 0 when not running */
     int keeper_pidfd;          /* -1 when none; readable when the keeper exited */
     bool stop_requested;       /* destroy/shutdown asked: no policy on this exit */
@@ -94,6 +94,17 @@ int mgmt_vm_destroy(struct mgmt_daemon *d, const char *name);
 int mgmt_vm_shutdown(struct mgmt_daemon *d, const char *name);
 int mgmt_vm_reboot(struct mgmt_daemon *d, const char *name);
 int mgmt_vm_pause(struct mgmt_daemon *d, const char *name, bool pause);
+/* Save a running or paused VM to path (absolute; never an existing file) like `xm save`: the VMM
+ * writes the state file and exits with code 5, the VM ends in state 'saved' (taps and disk claims
+ * released, event 'saved'). saved: the file's canonical path. */
+int mgmt_vm_save(struct mgmt_daemon *d, const char *name, const char *path, char *saved,
+                 size_t saved_len);
+/* Resume a saved VM under its keeper (`vessel-vmm --restore`): by name (its recorded file), or by
+ * file (name NULL: the VM saved to it). Taps and disk claims first; event 'restored'. A VMM that
+ * refuses the file leaves the VM saved and nothing else behind. vm_out/file_out: what was
+ * restored. */
+int mgmt_vm_restore(struct mgmt_daemon *d, const char *name, const char *file, char *vm_out,
+                    size_t vm_len, char *file_out, size_t file_len);
 /* Ask the VMM (status or stats); *reply is a JSON text. -EINVAL when not running. */
 int mgmt_vm_query(struct mgmt_daemon *d, const char *name, const char *cmd, char **reply);
 /* Re-attach to VMs that survived a daemon restart; handle those that ended meanwhile. */

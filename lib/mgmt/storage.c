@@ -52,6 +52,11 @@ static int load_stopped(struct mgmt_daemon *d, const char *name, struct mgmt_vm_
     pthread_mutex_lock(&rt->lock);
     if (mgmt_state_is_live(rt->state))
         err = vs_error(-EBUSY, "VM '%s' is %s; shut it off first", name, rt->state);
+    else if (!strcmp(rt->state, "saved")) /* its state file needs the disks exactly as they are */
+        err = vs_error(-EBUSY,
+                       "VM '%s' is saved to %s; restore it, or destroy it to discard the "
+                       "saved state, first",
+                       name, rec.saved_path);
     else
         err = vm_def_parse(rec.definition, strlen(rec.definition), name, def_out);
     mgmt_vm_record_free(&rec);

@@ -65,6 +65,35 @@ static const char *const schema_v2 = "CREATE TABLE pools ("
                                      "  path TEXT NOT NULL UNIQUE,"
                                      "  created_at INTEGER NOT NULL);";
 
+/* v3: save/restore. A saved VM is a state of its own ('saved': not running, its memory in a state
+ * file) and saved_path names that file. SQLite cannot change a CHECK constraint in place, so the
+ * vms table is rebuilt (foreign keys are off meanwhile, so the snapshots rows stay). */
+static const char *const schema_v3 =
+    "CREATE TABLE vms_v3 ("
+    "  name TEXT PRIMARY KEY,"
+    "  uuid TEXT NOT NULL UNIQUE,"
+    "  definition TEXT NOT NULL,"
+    "  state TEXT NOT NULL DEFAULT 'shutoff'"
+    "    CHECK (state IN ('shutoff','running','paused','crashed','saved')),"
+    "  pid INTEGER NOT NULL DEFAULT 0,"
+    "  keeper_pid INTEGER NOT NULL DEFAULT 0,"
+    "  started_at INTEGER NOT NULL DEFAULT 0,"
+    "  boots INTEGER NOT NULL DEFAULT 0,"
+    "  generation INTEGER NOT NULL DEFAULT 0,"
+    "  last_exit INTEGER NOT NULL DEFAULT -1,"
+    "  last_error TEXT NOT NULL DEFAULT '',"
+    "  autostart INTEGER NOT NULL DEFAULT 0,"
+    "  was_running INTEGER NOT NULL DEFAULT 0,"
+    "  created_at INTEGER NOT NULL,"
+    "  updated_at INTEGER NOT NULL,"
+    "  saved_path TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO vms_v3 (name, uuid, definition, state, pid, keeper_pid, started_at, boots,"
+    "  generation, last_exit, last_error, autostart, was_running, created_at, updated_at)"
+    "  SELECT name, uuid, definition, state, pid, keeper_pid, started_at, boots, generation,"
+    "  last_exit, last_error, autostart, was_running, created_at, updated_at FROM vms;"
+    "DROP TABLE vms;"
+    "ALTER TABLE vms_v3 RENAME TO vms;";
+
 static int store_sql_error(struct mgmt_store *s, int rc, const char *what)
 {
     int err = -EIO;
@@ -181,6 +210,18 @@ int mgmt_store_open(const char *path, struct mgmt_store **out)
         if (!err)
             err = store_exec(s, "PRAGMA user_version=2");
         if ((err = store_end(s, err)))
+            goto fail;
+    }
+    if (version < 3) {
+        /* PRAGMA foreign_keys is a no-op inside a transaction: switch it off around it */
+        if ((err = store_exec(s, "PRAGMA foreign_keys=OFF")) || (err = store_begin(s)))
+            goto fail;
+        err = store_exec(s, schema_v3);
+        if (!err)
+            err = store_exec(s, "PRAGMA user_version=3");
+        err = store_end(s, err);
+        int fk = store_exec(s, "PRAGMA foreign_keys=ON");
+        if (err || (err = fk))
             goto fail;
     }
     *out = s;
@@ -312,7 +353,7 @@ int mgmt_store_undefine(struct mgmt_store *s, const char *name)
 
 #define RECORD_COLUMNS                                                                             \
     "name, uuid, definition, state, pid, keeper_pid, started_at, boots, generation, last_exit,"    \
-    " last_error, autostart, was_running"
+    " last_error, autostart, was_running, saved_path"
 
 static int record_from_row(sqlite3_stmt *st, struct mgmt_vm_record *r)
 {
@@ -330,6 +371,7 @@ static int record_from_row(sqlite3_stmt *st, struct mgmt_vm_record *r)
     snprintf(r->last_error, sizeof(r->last_error), "%s", (const char *)sqlite3_column_text(st, 10));
     r->autostart = sqlite3_column_int(st, 11) != 0;
     r->was_running = sqlite3_column_int(st, 12) != 0;
+    snprintf(r->saved_path, sizeof(r->saved_path), "%s", (const char *)sqlite3_column_text(st, 13));
     return r->definition ? 0 : -ENOMEM;
 }
 
@@ -412,7 +454,7 @@ int mgmt_store_transition(struct mgmt_store *s, const char *name, const char *st
               "UPDATE vms SET state = ?2, pid = ?3, keeper_pid = ?4,"
               " started_at = CASE WHEN ?5 THEN ?6 WHEN ?7 THEN started_at ELSE 0 END,"
               " boots = boots + ?5, last_exit = CASE WHEN ?8 >= 0 THEN ?8 ELSE last_exit END,"
-              " last_error = COALESCE(?9, last_error), was_running = ?7,"
+              " last_error = COALESCE(?9, last_error), was_running = ?7, saved_path = '',"
               " generation = generation + 1, updated_at = ?6 WHERE name = ?1",
               &st))) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -434,6 +476,52 @@ int mgmt_store_transition(struct mgmt_store *s, const char *name, const char *st
     if (err >= 0)
         err = store_event_locked(s, name, event ? event : state, error);
     return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_saved(struct mgmt_store *s, const char *name, const char *path, int64_t last_exit)
+{
+    int err = store_begin(s);
+    if (err)
+        return err;
+    sqlite3_stmt *st;
+    if (!(err = store_prepare(s,
+                              "UPDATE vms SET state = 'saved', saved_path = ?2, pid = 0,"
+                              " keeper_pid = 0, started_at = 0, last_exit = ?3, last_error = '',"
+                              " was_running = 0, generation = generation + 1, updated_at = ?4"
+                              " WHERE name = ?1",
+                              &st))) {
+        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 3, last_exit);
+        sqlite3_bind_int64(st, 4, (int64_t)time(NULL));
+        err = store_step_done(s, st, "saved");
+        if (err == 0)
+            err = vs_error(-ENOENT, "no VM named '%s'", name);
+    }
+    if (err >= 0)
+        err = store_event_locked(s, name, "saved", path);
+    return store_end(s, err < 0 ? err : 0);
+}
+
+int mgmt_store_find_saved(struct mgmt_store *s, const char *path, char *name, size_t len)
+{
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st;
+    int err =
+        store_prepare(s, "SELECT name FROM vms WHERE state = 'saved' AND saved_path = ?1", &st);
+    if (!err) {
+        sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW)
+            snprintf(name, len, "%s", (const char *)sqlite3_column_text(st, 0));
+        else if (rc == SQLITE_DONE)
+            err = vs_error(-ENOENT, "%s: no VM was saved to this file", path);
+        else
+            err = store_sql_error(s, rc, "find saved");
+        sqlite3_finalize(st);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return err;
 }
 
 int mgmt_store_set_autostart(struct mgmt_store *s, const char *name, bool on)

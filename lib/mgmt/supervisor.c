@@ -9,6 +9,11 @@
  * against /proc/PID/comm so a recycled pid is not mistaken for it) and asks the VMM's API socket
  * for its state. A VM that ended while the daemon was away left its exit file behind: the policy
  * (on_poweroff / on_reboot / on_crash) is applied then.
+ *
+ * Save/restore (`xm save`/`xm restore`) rides on the same exit file: before asking the VMM to save,
+ * the daemon writes the target path to DIR/run/NAME/save.path, so exit code 5 — seen by the
+ * monitor, or by a restarted daemon — is recorded as state 'saved' with that path, never as a
+ * poweroff or crash. A restore is a start whose VMM command line is `--restore FILE`.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -33,6 +38,12 @@
 #define KEEPER_COMM     "vessel-keeper"
 #define START_TIMEOUT_S 30
 #define STOP_TIMEOUT_S  10
+#define SAVE_TIMEOUT_S  600 /* writing guest RAM: seconds per GiB on a slow disk */
+#define EXIT_SAVED      5   /* vessel-vmm's exit code after a save (docs/vessel-vmm.md) */
+
+/* What remove_run_files keeps. */
+#define RUN_KEEP_LOG  1u /* vmm.log: why the VM ended */
+#define RUN_KEEP_UNDO 2u /* undo-N.qcow2: a saved VM's disks, needed by its restore */
 
 bool mgmt_state_is_live(const char *state)
 {
@@ -95,31 +106,56 @@ static int pidfd_open_checked(pid_t pid)
     return fd < 0 ? -errno : fd;
 }
 
-/* Record a transition in memory and in the store (the caller holds rt->lock). */
-static int runtime_set(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *state,
-                       int64_t last_exit, const char *error, bool count_boot)
+/* Leaving a live state: the disk claims, taps and the keeper go (rt locked). */
+static void runtime_drop_live(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
+{
+    mgmt_disks_release(d, rt->name);
+    mgmt_nics_release(d, rt->name);
+    rt->pid = rt->keeper_pid = 0;
+    if (rt->keeper_pidfd >= 0)
+        close(rt->keeper_pidfd);
+    rt->keeper_pidfd = -1;
+}
+
+/* Record a transition in memory and in the store (the caller holds rt->lock). event NULL: named
+ * after the transition (started, resumed, stopped, or the state). */
+static int runtime_set_event(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *state,
+                             int64_t last_exit, const char *error, bool count_boot,
+                             const char *event_name)
 {
     /* the event row (and hook) names the lifecycle step, not just the new state */
     const char *event = state;
-    if (count_boot)
+    if (event_name)
+        event = event_name;
+    else if (count_boot)
         event = "started";
     else if (!strcmp(state, "running") && !strcmp(rt->state, "paused"))
         event = "resumed";
     else if (!strcmp(state, "shutoff"))
         event = "stopped";
     snprintf(rt->state, sizeof(rt->state), "%s", state);
-    if (!mgmt_state_is_live(state)) {
-        mgmt_disks_release(d, rt->name);
-        mgmt_nics_release(d, rt->name);
-        rt->pid = rt->keeper_pid = 0;
-        if (rt->keeper_pidfd >= 0)
-            close(rt->keeper_pidfd);
-        rt->keeper_pidfd = -1;
-    }
+    if (!mgmt_state_is_live(state))
+        runtime_drop_live(d, rt);
     rt->transitions++;
     pthread_cond_broadcast(&rt->changed);
     return mgmt_store_transition(d->store, rt->name, state, event, rt->pid, rt->keeper_pid,
                                  last_exit, error, count_boot);
+}
+
+static int runtime_set(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *state,
+                       int64_t last_exit, const char *error, bool count_boot)
+{
+    return runtime_set_event(d, rt, state, last_exit, error, count_boot, NULL);
+}
+
+/* The VMM saved the VM to path and exited (rt locked): state 'saved', event 'saved'. */
+static int runtime_set_saved(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *path)
+{
+    snprintf(rt->state, sizeof(rt->state), "saved");
+    runtime_drop_live(d, rt);
+    rt->transitions++;
+    pthread_cond_broadcast(&rt->changed);
+    return mgmt_store_saved(d->store, rt->name, path, EXIT_SAVED);
 }
 
 /* ---- spawning -------------------------------------------------------------------------------- */
@@ -146,6 +182,9 @@ static void argv_free(struct argv_builder *a)
     for (size_t i = 0; i < a->count; i++)
         free(a->items[i]);
 }
+
+static int add_console_and_api(struct mgmt_daemon *d, const struct vm_def *def,
+                               struct argv_builder *a);
 
 /* The vessel-vmm command line for a definition. Undo disks get a fresh overlay in the run dir. */
 static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struct argv_builder *a)
@@ -227,6 +266,18 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
         argv_add(a, vs_strdup("--net"));
         argv_add(a, vs_asprintf("tap=%s,mac=%s", tap, def->nics[i].mac));
     }
+    int err = add_console_and_api(d, def, a);
+    if (err)
+        return err;
+    argv_add(a, vs_strdup("--no-reboot")); /* a reboot comes back to us: on_reboot decides */
+    return a->failed ? vs_error(-ENOMEM, "%s: building the vessel-vmm command line", def->name) : 0;
+}
+
+/* The host-side flags every VMM of def gets: its console backend and the API socket. */
+static int add_console_and_api(struct mgmt_daemon *d, const struct vm_def *def,
+                               struct argv_builder *a)
+{
+    char path[PATH_MAX];
     argv_add(a, vs_strdup("--console"));
     switch (def->console) {
     case VM_CONSOLE_NONE:
@@ -253,7 +304,20 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
                         path);
     argv_add(a, vs_strdup("--api"));
     argv_add(a, vs_asprintf("unix:%s", path));
-    argv_add(a, vs_strdup("--no-reboot")); /* a reboot comes back to us: on_reboot decides */
+    return 0;
+}
+
+/* `vessel-vmm --restore FILE`: the machine (disks, NICs and their taps, --no-reboot) comes from
+ * the state file; only the host side is given anew. */
+static int build_restore_argv(struct mgmt_daemon *d, const struct vm_def *def, const char *file,
+                              struct argv_builder *a)
+{
+    argv_add(a, vs_strdup(d->vmm_path));
+    argv_add(a, vs_strdup("--restore"));
+    argv_add(a, vs_strdup(file));
+    int err = add_console_and_api(d, def, a);
+    if (err)
+        return err;
     return a->failed ? vs_error(-ENOMEM, "%s: building the vessel-vmm command line", def->name) : 0;
 }
 
@@ -395,7 +459,7 @@ static void read_log_tail(struct mgmt_daemon *d, const char *name, char *out, si
     fclose(f);
 }
 
-static void remove_run_files(struct mgmt_daemon *d, const char *name, bool keep_log)
+static void remove_run_files(struct mgmt_daemon *d, const char *name, unsigned keep)
 {
     char dir[PATH_MAX];
     mgmt_nics_release(d, name); /* the taps recorded in the run directory go with it */
@@ -406,7 +470,8 @@ static void remove_run_files(struct mgmt_daemon *d, const char *name, bool keep_
         return;
     struct dirent *e;
     while ((e = readdir(dh))) {
-        if (e->d_name[0] == '.' || (keep_log && !strcmp(e->d_name, "vmm.log")))
+        if (e->d_name[0] == '.' || ((keep & RUN_KEEP_LOG) && !strcmp(e->d_name, "vmm.log")) ||
+            ((keep & RUN_KEEP_UNDO) && !strncmp(e->d_name, "undo-", 5)))
             continue;
         char path[PATH_MAX + 256];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
@@ -415,8 +480,9 @@ static void remove_run_files(struct mgmt_daemon *d, const char *name, bool keep_
     closedir(dh);
 }
 
-/* Spawn the VMM for rt (locked) and wait until its API answers. */
-static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
+/* Spawn the VMM for rt (locked) and wait until its API answers. restore: the state file to
+ * resume (the undo overlays of the saved run are kept), NULL for a fresh boot. */
+static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *restore)
 {
     struct mgmt_vm_record rec;
     int err = mgmt_store_get(d->store, rt->name, &rec);
@@ -436,8 +502,10 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
         err = vs_error_errno(-errno, "%s", dir);
         goto out;
     }
-    remove_run_files(d, rt->name, true);
-    if ((err = build_vmm_argv(d, def, &a)) || (err = mgmt_nics_attach(d, def)))
+    remove_run_files(d, rt->name, RUN_KEEP_LOG | (restore ? RUN_KEEP_UNDO : 0));
+    err = restore ? build_restore_argv(d, def, restore, &a) : build_vmm_argv(d, def, &a);
+    /* a restored VMM reopens the taps by the names it saved: the same names made here */
+    if (err || (err = mgmt_nics_attach(d, def)))
         goto out;
     pid_t keeper = 0, vmm = 0;
     if ((err = spawn_detached(a.items, dir, &keeper, &vmm)))
@@ -513,9 +581,21 @@ int mgmt_vm_start(struct mgmt_daemon *d, const char *name, bool paused)
         err = vs_error(-EBUSY, "VM '%s' is already %s", name, rt->state);
         goto out;
     }
+    if (!strcmp(rt->state, "saved")) {
+        /* a fresh boot would silently throw the saved memory away: make the user choose */
+        struct mgmt_vm_record now;
+        bool known = mgmt_store_get(d->store, name, &now) == 0;
+        err = vs_error(-EBUSY,
+                       "VM '%s' was saved to %s: 'vessel restore %s' resumes it, 'vessel "
+                       "destroy %s' discards the saved state",
+                       name, known ? now.saved_path : "a state file", name, name);
+        if (known)
+            mgmt_vm_record_free(&now);
+        goto out;
+    }
     if ((err = mgmt_disks_claim_definition(d, name, false)))
         goto out;
-    if ((err = spawn_locked(d, rt))) {
+    if ((err = spawn_locked(d, rt, NULL))) {
         char msg[300];
         snprintf(msg, sizeof(msg), "%s", vs_error_message());
         runtime_set(d, rt, "shutoff", -1, msg, false);
@@ -557,7 +637,7 @@ int mgmt_vm_undefine(struct mgmt_daemon *d, const char *name)
         err = mgmt_store_undefine(d->store, name);
     if (!err) {
         char dir[PATH_MAX];
-        remove_run_files(d, name, false);
+        remove_run_files(d, name, 0);
         if (!mgmt_run_path(d, name, NULL, dir, sizeof(dir)))
             rmdir(dir);
     }
@@ -609,10 +689,29 @@ static int vmm_simple(struct mgmt_daemon *d, const char *name, const char *cmd)
     return err;
 }
 
+/* destroy of a saved VM: forget the saved state (the file stays; its undo overlays go). */
+static int discard_saved(struct mgmt_daemon *d, const char *name)
+{
+    struct mgmt_vm_runtime *rt = mgmt_vm_runtime_get(d, name);
+    if (!rt)
+        return -ENOMEM;
+    pthread_mutex_lock(&rt->lock);
+    int err = 1;
+    if (!strcmp(rt->state, "saved")) {
+        remove_run_files(d, name, RUN_KEEP_LOG);
+        err = runtime_set_event(d, rt, "shutoff", -1, "", false, "stopped");
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return err;
+}
+
 int mgmt_vm_destroy(struct mgmt_daemon *d, const char *name)
 {
     struct mgmt_vm_runtime *rt;
-    int err = live_runtime_locked(d, name, &rt);
+    int err = discard_saved(d, name);
+    if (err <= 0)
+        return err;
+    err = live_runtime_locked(d, name, &rt);
     if (err)
         return err;
     rt->stop_requested = true;
@@ -686,6 +785,160 @@ int mgmt_vm_query(struct mgmt_daemon *d, const char *name, const char *cmd, char
     return err;
 }
 
+/* ---- save and restore (xm save / xm restore) ------------------------------------------------- */
+
+/* Write text to DIR/run/NAME/FILE by rename, so a reader never sees half of it. */
+static int write_run_file(struct mgmt_daemon *d, const char *name, const char *file,
+                          const char *text)
+{
+    char path[PATH_MAX], tmp[PATH_MAX + 8];
+    int err = mgmt_run_path(d, name, file, path, sizeof(path));
+    if (err)
+        return err;
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return vs_error_errno(-errno, "%s", tmp);
+    bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0) {
+        err = vs_error_errno(-errno, "%s", path);
+        unlink(tmp);
+        return err;
+    }
+    return 0;
+}
+
+int mgmt_vm_save(struct mgmt_daemon *d, const char *name, const char *path, char *saved,
+                 size_t saved_len)
+{
+    if (!path || path[0] != '/')
+        return vs_error(-EINVAL, "save: the state file must be an absolute path");
+    if (strlen(path) >= PATH_MAX - 16 || strchr(path, '\n'))
+        return vs_error(-EINVAL, "save: %s: not a usable file name", path);
+    struct mgmt_vm_runtime *rt;
+    int err = live_runtime_locked(d, name, &rt);
+    if (err)
+        return err;
+    /* claim the name (O_EXCL): an existing file is never overwritten, and two saves can't race
+     * for it. The VMM writes PATH.tmp and renames it over this empty file. */
+    char canon[PATH_MAX], *reply = NULL, api[PATH_MAX];
+    if ((err = mgmt_reserve_file(path)))
+        goto out;
+    if (!realpath(path, canon)) {
+        err = vs_error_errno(-errno, "%s", path);
+        unlink(path);
+        goto out;
+    }
+    char *line = vs_asprintf("%s\n", canon);
+    json_object *req = json_object_new_object();
+    json_object_object_add(req, "cmd", json_object_new_string("save"));
+    json_object_object_add(req, "path", json_object_new_string(canon));
+    if (!line || !req)
+        err = -ENOMEM;
+    if (!err)
+        err = write_run_file(d, name, "save.path", line);
+    if (!err)
+        err = mgmt_run_path(d, name, "api.sock", api, sizeof(api));
+    if (!err)
+        err = mgmt_vmm_request(api, json_object_to_json_string_ext(req, JSON_C_TO_STRING_PLAIN),
+                               SAVE_TIMEOUT_S * 1000, &reply);
+    free(line);
+    json_object_put(req);
+    if (!err && (!reply || !strstr(reply, "\"ok\":true"))) {
+        json_object *o = reply ? json_tokener_parse(reply) : NULL, *e;
+        err = vs_error(-EIO, "VM '%s': save to %s failed: %s", name, canon,
+                       o && json_object_object_get_ex(o, "error", &e) ? json_object_get_string(e)
+                                                                      : "no answer");
+        json_object_put(o);
+    }
+    if (err && err != -ETIMEDOUT) {
+        /* the VM runs on: drop the reservation and the note (a timed-out VMM may still write) */
+        char note[PATH_MAX];
+        if (!mgmt_run_path(d, name, "save.path", note, sizeof(note)))
+            unlink(note);
+        struct stat st;
+        if (stat(canon, &st) == 0 && st.st_size == 0)
+            unlink(canon);
+        goto out;
+    }
+    if (err)
+        goto out;
+    /* the VMM exits with code 5 next; the monitor records the VM as saved */
+    if (!wait_not_live(rt, STOP_TIMEOUT_S) || strcmp(rt->state, "saved")) {
+        err =
+            vs_error(-EIO, "VM '%s': the state file was written but the VM is %s", name, rt->state);
+        goto out;
+    }
+    snprintf(saved, saved_len, "%s", canon);
+out:
+    free(reply);
+    pthread_mutex_unlock(&rt->lock);
+    return err;
+}
+
+int mgmt_vm_restore(struct mgmt_daemon *d, const char *name, const char *file, char *vm_out,
+                    size_t vm_len, char *file_out, size_t file_len)
+{
+    char found[VM_DEF_NAME_MAX + 1], canon[PATH_MAX];
+    int err;
+    if (!name) {
+        /* by file: the VM that was saved to it */
+        if (!file || file[0] != '/')
+            return vs_error(-EINVAL, "restore: the state file must be an absolute path");
+        if (!realpath(file, canon))
+            return vs_error_errno(-errno, "restore: %s", file);
+        if ((err = mgmt_store_find_saved(d->store, canon, found, sizeof(found))))
+            return err;
+        name = found;
+    }
+    struct mgmt_vm_record rec;
+    if ((err = mgmt_store_get(d->store, name, &rec)))
+        return err;
+    struct mgmt_vm_runtime *rt = mgmt_vm_runtime_get(d, name);
+    if (!rt) {
+        mgmt_vm_record_free(&rec);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&rt->lock);
+    /* the record read before the lock may be stale: read it again under it */
+    mgmt_vm_record_free(&rec);
+    if ((err = mgmt_store_get(d->store, name, &rec))) {
+        pthread_mutex_unlock(&rt->lock);
+        return err;
+    }
+    if (strcmp(rt->state, "saved") || !rec.saved_path[0]) {
+        err = vs_error(mgmt_state_is_live(rt->state) ? -EBUSY : -EINVAL,
+                       "VM '%s' is %s, not saved (vessel save %s FILE saves a running VM)", name,
+                       rt->state, name);
+        goto out;
+    }
+    struct stat st;
+    if (stat(rec.saved_path, &st) < 0) {
+        err = vs_error_errno(-errno, "VM '%s': state file %s", name, rec.saved_path);
+        goto out;
+    }
+    if ((err = mgmt_disks_claim_definition(d, name, false)))
+        goto out;
+    if ((err = spawn_locked(d, rt, rec.saved_path))) {
+        /* still saved: the file may be fixed or the state discarded with destroy */
+        char msg[512];
+        snprintf(msg, sizeof(msg), "%s", vs_error_message());
+        mgmt_disks_release(d, name);
+        mgmt_nics_release(d, name);
+        vs_error(err, "%s", msg);
+        goto out;
+    }
+    err = runtime_set_event(d, rt, "running", -1, "", true, "restored");
+    mgmt_monitor_wake(d);
+    snprintf(vm_out, vm_len, "%s", name);
+    snprintf(file_out, file_len, "%s", rec.saved_path);
+out:
+    mgmt_vm_record_free(&rec);
+    pthread_mutex_unlock(&rt->lock);
+    return err;
+}
+
 /* ---- exits and policies ---------------------------------------------------------------------- */
 
 static enum vm_action policy_for(struct mgmt_daemon *d, const char *name, int code,
@@ -715,9 +968,33 @@ static void handle_exit_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt
 {
     const char *why = "stopped";
     char msg[600] = "";
+    if (code == EXIT_SAVED) {
+        /* saved, never a policy matter: the path comes from save.path, written before the save */
+        char file[PATH_MAX], saved[PATH_MAX] = "";
+        if (!mgmt_run_path(d, rt->name, "save.path", file, sizeof(file))) {
+            FILE *f = fopen(file, "re");
+            if (f) {
+                if (!fgets(saved, sizeof(saved), f))
+                    saved[0] = 0;
+                fclose(f);
+            }
+            saved[strcspn(saved, "\n")] = 0;
+        }
+        rt->stop_requested = false;
+        remove_run_files(d, rt->name, RUN_KEEP_LOG | (saved[0] ? RUN_KEEP_UNDO : 0));
+        if (saved[0] == '/' && access(saved, F_OK) == 0) {
+            runtime_set_saved(d, rt, saved);
+        } else {
+            vs_warn("%s: vessel-vmm saved the VM (exit code 5) to a file vesseld does not know",
+                    rt->name);
+            runtime_set(d, rt, "shutoff", code,
+                        "vessel-vmm saved the VM to a state file vesseld does not know", false);
+        }
+        return;
+    }
     if (rt->stop_requested) {
         rt->stop_requested = false;
-        remove_run_files(d, rt->name, true);
+        remove_run_files(d, rt->name, RUN_KEEP_LOG);
         runtime_set(d, rt, "shutoff", code, "", false);
         return;
     }
@@ -743,7 +1020,7 @@ static void handle_exit_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt
             if (rt->keeper_pidfd >= 0)
                 close(rt->keeper_pidfd);
             rt->keeper_pidfd = -1;
-            if (spawn_locked(d, rt) == 0) {
+            if (spawn_locked(d, rt, NULL) == 0) {
                 runtime_set(d, rt, "running", code, msg, true);
                 return;
             }
@@ -758,7 +1035,7 @@ static void handle_exit_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt
         runtime_set(d, rt, code == 0 || code == 2 ? "shutoff" : "crashed", code, msg, false);
         return;
     }
-    remove_run_files(d, rt->name, true);
+    remove_run_files(d, rt->name, RUN_KEEP_LOG);
     runtime_set(d, rt, "shutoff", code, msg, false);
 }
 
@@ -851,7 +1128,7 @@ static void reattach_one(struct mgmt_daemon *d, const struct mgmt_vm_record *rec
         int code = read_exit_code(d, rec->name);
         if (code < 0) {
             rt->stop_requested = false;
-            remove_run_files(d, rec->name, true);
+            remove_run_files(d, rec->name, RUN_KEEP_LOG);
             runtime_set(d, rt, "crashed", -1, "vessel-vmm vanished while vesseld was away", false);
         } else {
             handle_exit_locked(d, rt, code);
@@ -905,7 +1182,13 @@ void mgmt_supervisor_autostart(struct mgmt_daemon *d, struct mgmt_vm_record *lis
             bool go = def->autostart != VM_AUTOSTART_WAS_RUNNING || list[i].was_running;
             for (unsigned s = 0; go && s < def->autostart_delay && !atomic_load(&d->stopping); s++)
                 sleep(1);
-            int err = go ? mgmt_vm_start(d, list[i].name, false) : 0;
+            /* a saved VM comes back where it was (xendomains' save at shutdown, restore at boot) */
+            char vm[VM_DEF_NAME_MAX + 1], file[PATH_MAX];
+            int err =
+                !go ? 0
+                : !strcmp(list[i].state, "saved")
+                    ? mgmt_vm_restore(d, list[i].name, NULL, vm, sizeof(vm), file, sizeof(file))
+                    : mgmt_vm_start(d, list[i].name, false);
             if (err && err != -EBUSY)
                 vs_warn("autostart %s: %s", list[i].name, vs_error_message());
             vm_def_free(def);

@@ -7,7 +7,9 @@
  * the event rows the stream and the hooks read (ids, notify after commit, lifecycle names), the
  * bearer-token comparison and the client's refusal to talk TLS without a token; storage pools in
  * the store (and the migration of a version-1 store to them) and the volume rules of pool.c
- * (never overwrite, backing files and VM disks protected, running VMs named).
+ * (never overwrite, backing files and VM disks protected, running VMs named); the 'saved' state
+ * of save/restore (the migration of a version-2 store keeping its snapshots, the state file's
+ * path found and forgotten).
  */
 #include <errno.h>
 #include <pthread.h>
@@ -433,6 +435,83 @@ TEST(store_migrates_v1_to_pools)
     CHECK(sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) == MGMT_SCHEMA_VERSION);
     sqlite3_finalize(st);
     sqlite3_close(db);
+}
+
+TEST(store_migrates_v2_to_saved)
+{
+    /* a version-2 store (no 'saved' state, no saved_path) with a VM and a snapshot: the vms table
+     * is rebuilt and the snapshot row must survive it (foreign keys are off meanwhile) */
+    struct mgmt_store *s = open_store();
+    if (!s)
+        return;
+    CHECK_OK(mgmt_store_define(s, "w", "77777777-7777-4777-8777-777777777777", "name = w\n", false,
+                               false));
+    CHECK_OK(mgmt_store_snapshot_add(s, "w", "before", "name = w\n"));
+    mgmt_store_close(s);
+    sqlite3 *db;
+    CHECK(sqlite3_open(test_path("vessel.db"), &db) == SQLITE_OK);
+    CHECK(sqlite3_exec(db,
+                       "PRAGMA foreign_keys=OFF; BEGIN;"
+                       "CREATE TABLE v2 (name TEXT PRIMARY KEY, uuid TEXT NOT NULL UNIQUE,"
+                       " definition TEXT NOT NULL, state TEXT NOT NULL DEFAULT 'shutoff'"
+                       " CHECK (state IN ('shutoff','running','paused','crashed')),"
+                       " pid INTEGER NOT NULL DEFAULT 0, keeper_pid INTEGER NOT NULL DEFAULT 0,"
+                       " started_at INTEGER NOT NULL DEFAULT 0, boots INTEGER NOT NULL DEFAULT 0,"
+                       " generation INTEGER NOT NULL DEFAULT 0,"
+                       " last_exit INTEGER NOT NULL DEFAULT -1,"
+                       " last_error TEXT NOT NULL DEFAULT '',"
+                       " autostart INTEGER NOT NULL DEFAULT 0,"
+                       " was_running INTEGER NOT NULL DEFAULT 0, created_at INTEGER NOT NULL,"
+                       " updated_at INTEGER NOT NULL);"
+                       "INSERT INTO v2 SELECT name, uuid, definition, state, pid, keeper_pid,"
+                       " started_at, boots, generation, last_exit, last_error, autostart,"
+                       " was_running, created_at, updated_at FROM vms;"
+                       "DROP TABLE vms; ALTER TABLE v2 RENAME TO vms; COMMIT;"
+                       "PRAGMA user_version=2",
+                       NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    s = open_store();
+    if (!s)
+        return;
+    char **names = NULL;
+    size_t n = 0;
+    CHECK_OK(mgmt_store_snapshot_list(s, "w", &names, &n));
+    CHECK(n == 1 && names && !strcmp(names[0], "before"));
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    /* saved: the state, the path, the event; found by its file; any transition forgets it */
+    CHECK_OK(mgmt_store_set_state(s, "w", "running", 10, 9, -1, "", true));
+    CHECK_OK(mgmt_store_saved(s, "w", "/srv/w.save", 5));
+    struct mgmt_vm_record rec;
+    CHECK_OK(mgmt_store_get(s, "w", &rec));
+    CHECK(!strcmp(rec.state, "saved") && !strcmp(rec.saved_path, "/srv/w.save") && rec.pid == 0 &&
+          rec.last_exit == 5 && !rec.was_running);
+    mgmt_vm_record_free(&rec);
+    struct mgmt_event *evs = NULL;
+    size_t count = 0;
+    CHECK_OK(mgmt_store_events_since(s, 0, 100, &evs, &count));
+    CHECK(count > 0 && !strcmp(evs[count - 1].event, "saved") &&
+          !strcmp(evs[count - 1].detail, "/srv/w.save"));
+    free(evs);
+    char name[65] = "";
+    CHECK_OK(mgmt_store_find_saved(s, "/srv/w.save", name, sizeof(name)));
+    CHECK(!strcmp(name, "w"));
+    CHECK(mgmt_store_find_saved(s, "/srv/other.save", name, sizeof(name)) == -ENOENT);
+    CHECK(mgmt_store_undefine(s, "w") == -EBUSY); /* destroy (discard) first */
+    CHECK_OK(mgmt_store_transition(s, "w", "running", "restored", 11, 10, -1, "", true));
+    CHECK_OK(mgmt_store_get(s, "w", &rec));
+    CHECK(!strcmp(rec.state, "running") && rec.saved_path[0] == 0);
+    mgmt_vm_record_free(&rec);
+    CHECK(mgmt_store_find_saved(s, "/srv/w.save", name, sizeof(name)) == -ENOENT);
+    /* foreign keys are back on: undefine still cascades to the snapshots */
+    CHECK_OK(mgmt_store_set_state(s, "w", "shutoff", 0, 0, 0, "", false));
+    CHECK_OK(mgmt_store_undefine(s, "w"));
+    CHECK_OK(mgmt_store_snapshot_list(s, "w", &names, &n));
+    CHECK(n == 0);
+    free(names);
+    CHECK_OK(mgmt_store_check(s));
+    mgmt_store_close(s);
 }
 
 /* A daemon with a store and no threads: enough for the pool and volume functions. */
