@@ -355,8 +355,9 @@ int mgmt_store_undefine(struct mgmt_store *s, const char *name)
     "name, uuid, definition, state, pid, keeper_pid, started_at, boots, generation, last_exit,"    \
     " last_error, autostart, was_running, saved_path"
 
-static int record_from_row(sqlite3_stmt *st, struct mgmt_vm_record *r)
+static int record_from_row(sqlite3_stmt *st, void *out)
 {
+    struct mgmt_vm_record *r = out;
     memset(r, 0, sizeof(*r));
     snprintf(r->name, sizeof(r->name), "%s", (const char *)sqlite3_column_text(st, 0));
     snprintf(r->uuid, sizeof(r->uuid), "%s", (const char *)sqlite3_column_text(st, 1));
@@ -375,53 +376,78 @@ static int record_from_row(sqlite3_stmt *st, struct mgmt_vm_record *r)
     return r->definition ? 0 : -ENOMEM;
 }
 
-int mgmt_store_get(struct mgmt_store *s, const char *name, struct mgmt_vm_record *out)
+/* Under the lock: the first row of SQL with ?1 bound to KEY, through FROM_ROW into OUT. Returns
+ * what FROM_ROW returns, 1 when there is no such row (the caller says what is missing), or -errno
+ * with WHAT naming the query. */
+static int store_get_row(struct mgmt_store *s, const char *sql, const char *key, const char *what,
+                         int (*from_row)(sqlite3_stmt *, void *), void *out)
 {
     pthread_mutex_lock(&s->lock);
     sqlite3_stmt *st;
-    int err = store_prepare(s, "SELECT " RECORD_COLUMNS " FROM vms WHERE name = ?1", &st);
+    int err = store_prepare(s, sql, &st);
     if (!err) {
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
         int rc = sqlite3_step(st);
         if (rc == SQLITE_ROW)
-            err = record_from_row(st, out);
+            err = from_row(st, out);
         else if (rc == SQLITE_DONE)
-            err = vs_error(-ENOENT, "no VM named '%s'", name);
+            err = 1;
         else
-            err = store_sql_error(s, rc, "get");
+            err = store_sql_error(s, rc, what);
         sqlite3_finalize(st);
     }
     pthread_mutex_unlock(&s->lock);
     return err;
 }
 
+/* Under the lock: every row of SQL through FROM_ROW into a growing array of SIZE-byte elements,
+ * *list (malloc'ed) and *n. On an error they still hold the rows read, for the caller to free. */
+static int store_list_rows(struct mgmt_store *s, const char *sql, const char *what, size_t size,
+                           int (*from_row)(sqlite3_stmt *, void *), void **list, size_t *n)
+{
+    *list = NULL;
+    *n = 0;
+    pthread_mutex_lock(&s->lock);
+    sqlite3_stmt *st = NULL;
+    int err = store_prepare(s, sql, &st);
+    size_t cap = 0;
+    int rc = SQLITE_DONE;
+    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (*n == cap) {
+            cap = cap ? cap * 2 : 16;
+            void *bigger = realloc(*list, cap * size);
+            if (!bigger) {
+                err = vs_error(-ENOMEM, "store: %s: out of memory", what);
+                break;
+            }
+            *list = bigger;
+        }
+        err = from_row(st, (char *)*list + (*n)++ * size);
+    }
+    if (!err && rc != SQLITE_DONE)
+        err = store_sql_error(s, rc, what);
+    if (st)
+        sqlite3_finalize(st);
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+int mgmt_store_get(struct mgmt_store *s, const char *name, struct mgmt_vm_record *out)
+{
+    int err = store_get_row(s, "SELECT " RECORD_COLUMNS " FROM vms WHERE name = ?1", name, "get",
+                            record_from_row, out);
+    return err == 1 ? vs_error(-ENOENT, "no VM named '%s'", name) : err;
+}
+
 int mgmt_store_list(struct mgmt_store *s, struct mgmt_vm_record **out, size_t *count)
 {
     *out = NULL;
     *count = 0;
-    pthread_mutex_lock(&s->lock);
-    sqlite3_stmt *st = NULL;
-    int err = store_prepare(s, "SELECT " RECORD_COLUMNS " FROM vms ORDER BY name", &st);
-    struct mgmt_vm_record *list = NULL;
-    size_t n = 0, cap = 0;
-    int rc = SQLITE_DONE;
-    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 16;
-            struct mgmt_vm_record *bigger = realloc(list, cap * sizeof(*list));
-            if (!bigger) {
-                err = vs_error(-ENOMEM, "store: list: out of memory");
-                break;
-            }
-            list = bigger;
-        }
-        err = record_from_row(st, &list[n++]);
-    }
-    if (!err && rc != SQLITE_DONE && rc != SQLITE_ROW)
-        err = store_sql_error(s, rc, "list");
-    if (st)
-        sqlite3_finalize(st);
-    pthread_mutex_unlock(&s->lock);
+    void *rows;
+    size_t n;
+    int err = store_list_rows(s, "SELECT " RECORD_COLUMNS " FROM vms ORDER BY name", "list",
+                              sizeof(**out), record_from_row, &rows, &n);
+    struct mgmt_vm_record *list = rows;
     if (err) {
         for (size_t i = 0; i < n; i++)
             mgmt_vm_record_free(&list[i]);
@@ -503,25 +529,24 @@ int mgmt_store_saved(struct mgmt_store *s, const char *name, const char *path, i
     return store_end(s, err < 0 ? err : 0);
 }
 
+struct name_buf {
+    char *name;
+    size_t len;
+};
+
+static int name_from_row(sqlite3_stmt *st, void *out)
+{
+    struct name_buf *b = out;
+    snprintf(b->name, b->len, "%s", (const char *)sqlite3_column_text(st, 0));
+    return 0;
+}
+
 int mgmt_store_find_saved(struct mgmt_store *s, const char *path, char *name, size_t len)
 {
-    pthread_mutex_lock(&s->lock);
-    sqlite3_stmt *st;
-    int err =
-        store_prepare(s, "SELECT name FROM vms WHERE state = 'saved' AND saved_path = ?1", &st);
-    if (!err) {
-        sqlite3_bind_text(st, 1, path, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            snprintf(name, len, "%s", (const char *)sqlite3_column_text(st, 0));
-        else if (rc == SQLITE_DONE)
-            err = vs_error(-ENOENT, "%s: no VM was saved to this file", path);
-        else
-            err = store_sql_error(s, rc, "find saved");
-        sqlite3_finalize(st);
-    }
-    pthread_mutex_unlock(&s->lock);
-    return err;
+    struct name_buf buf = {name, len};
+    int err = store_get_row(s, "SELECT name FROM vms WHERE state = 'saved' AND saved_path = ?1",
+                            path, "find saved", name_from_row, &buf);
+    return err == 1 ? vs_error(-ENOENT, "%s: no VM was saved to this file", path) : err;
 }
 
 int mgmt_store_set_autostart(struct mgmt_store *s, const char *name, bool on)
@@ -778,58 +803,32 @@ int mgmt_store_pool_undefine(struct mgmt_store *s, const char *name)
     return store_end(s, err < 0 ? err : 0);
 }
 
-static void pool_from_row(sqlite3_stmt *st, struct mgmt_pool_record *p)
+static int pool_from_row(sqlite3_stmt *st, void *out)
 {
+    struct mgmt_pool_record *p = out;
     memset(p, 0, sizeof(*p));
     snprintf(p->name, sizeof(p->name), "%s", (const char *)sqlite3_column_text(st, 0));
     snprintf(p->path, sizeof(p->path), "%s", (const char *)sqlite3_column_text(st, 1));
     p->created_at = sqlite3_column_int64(st, 2);
+    return 0;
 }
 
 int mgmt_store_pool_get(struct mgmt_store *s, const char *name, struct mgmt_pool_record *out)
 {
-    pthread_mutex_lock(&s->lock);
-    sqlite3_stmt *st;
-    int err = store_prepare(s, "SELECT name, path, created_at FROM pools WHERE name = ?1", &st);
-    if (!err) {
-        sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW)
-            pool_from_row(st, out);
-        else if (rc == SQLITE_DONE)
-            err = vs_error(-ENOENT, "no pool named '%s'", name);
-        else
-            err = store_sql_error(s, rc, "pool get");
-        sqlite3_finalize(st);
-    }
-    pthread_mutex_unlock(&s->lock);
-    return err;
+    int err = store_get_row(s, "SELECT name, path, created_at FROM pools WHERE name = ?1", name,
+                            "pool get", pool_from_row, out);
+    return err == 1 ? vs_error(-ENOENT, "no pool named '%s'", name) : err;
 }
 
 int mgmt_store_pool_list(struct mgmt_store *s, struct mgmt_pool_record **out, size_t *count)
 {
     *out = NULL;
     *count = 0;
-    pthread_mutex_lock(&s->lock);
-    sqlite3_stmt *st = NULL;
-    int err = store_prepare(s, "SELECT name, path, created_at FROM pools ORDER BY name", &st);
-    struct mgmt_pool_record *list = NULL;
-    size_t n = 0;
-    int rc = SQLITE_DONE;
-    while (!err && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        struct mgmt_pool_record *bigger = realloc(list, (n + 1) * sizeof(*list));
-        if (!bigger) {
-            err = vs_error(-ENOMEM, "store: pool list: out of memory");
-            break;
-        }
-        list = bigger;
-        pool_from_row(st, &list[n++]);
-    }
-    if (!err && rc != SQLITE_DONE)
-        err = store_sql_error(s, rc, "pool list");
-    if (st)
-        sqlite3_finalize(st);
-    pthread_mutex_unlock(&s->lock);
+    void *rows;
+    size_t n;
+    int err = store_list_rows(s, "SELECT name, path, created_at FROM pools ORDER BY name",
+                              "pool list", sizeof(**out), pool_from_row, &rows, &n);
+    struct mgmt_pool_record *list = rows;
     if (err) {
         free(list);
         return err;

@@ -262,6 +262,24 @@ static void run_file_remove(struct vs_net_store *s, const char *name, const char
     free(p);
 }
 
+/* NAME.run/FILE into *text; a file that does not exist leaves *text NULL and is no error (nothing
+ * recorded yet), another failure is one line: "network NAME: cannot read WHAT". */
+static int run_file_read(struct vs_net_store *s, const char *name, const char *file,
+                         const char *what, char **text)
+{
+    *text = NULL;
+    char *p = run_path(s, name, file);
+    if (!p)
+        return -ENOMEM;
+    int rc = read_file(p, text);
+    free(p);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc < 0)
+        return vs_error_errno(rc, "network %s: cannot read %s", name, what);
+    return 0;
+}
+
 int vs_net_get(struct vs_net_store *store, const char *name, struct vs_net_def *out)
 {
     char *path = def_path(store, name), *text = NULL;
@@ -333,15 +351,10 @@ static int taps_load(struct vs_net_store *s, const char *name, struct vs_net_tap
 {
     *out = NULL;
     *count = 0;
-    char *p = run_path(s, name, "taps"), *text = NULL;
-    if (!p)
-        return -ENOMEM;
-    int rc = read_file(p, &text);
-    free(p);
-    if (rc == -ENOENT)
-        return 0;
-    if (rc < 0)
-        return vs_error_errno(rc, "network %s: cannot read its taps", name);
+    char *text;
+    int rc = run_file_read(s, name, "taps", "its taps", &text);
+    if (rc < 0 || !text)
+        return rc;
     struct vs_net_tap *taps = NULL;
     size_t n = 0;
     char *save = NULL;
@@ -976,15 +989,10 @@ static int leased_load(struct vs_net_store *s, const char *name, struct vs_net_l
 {
     *out = NULL;
     *count = 0;
-    char *p = run_path(s, name, "leased"), *text = NULL;
-    if (!p)
-        return -ENOMEM;
-    int rc = read_file(p, &text);
-    free(p);
-    if (rc == -ENOENT)
-        return 0;
-    if (rc < 0)
-        return vs_error_errno(rc, "network %s: cannot read its leased addresses", name);
+    char *text;
+    int rc = run_file_read(s, name, "leased", "its leased addresses", &text);
+    if (rc < 0 || !text)
+        return rc;
     rc = vs_net_leases_parse(text, out, count);
     free(text);
     return rc;
@@ -1008,6 +1016,22 @@ static int leased_save(struct vs_net_store *s, const char *name, const struct vs
     return rc;
 }
 
+/* TEXT into NAME.run/FILE, then `nft -f` it; an error names "network NAME: WHAT". */
+static int nft_apply(struct vs_net_store *s, const char *name, const char *file, const char *text,
+                     const char *what)
+{
+    int rc = run_file_write(s, name, file, text);
+    char *path = run_path(s, name, file);
+    if (rc == 0 && path) {
+        char *argv[] = {"nft", "-f", path, NULL};
+        char w[96];
+        snprintf(w, sizeof(w), "network %s: %s", name, what);
+        rc = run_program(w, argv, NULL, 0);
+    }
+    free(path);
+    return rc;
+}
+
 static int nft_load(struct vs_net_store *s, const struct vs_net_def *def,
                     const struct vs_net_tap *taps, size_t n_taps)
 {
@@ -1020,16 +1044,8 @@ static int nft_load(struct vs_net_store *s, const struct vs_net_def *def,
     free(leases);
     if (!rules)
         return -ENOMEM;
-    rc = run_file_write(s, def->name, "nft.conf", rules);
+    rc = nft_apply(s, def->name, "nft.conf", rules, "nftables");
     free(rules);
-    char *path = run_path(s, def->name, "nft.conf");
-    if (rc == 0 && path) {
-        char *argv[] = {"nft", "-f", path, NULL};
-        char what[96];
-        snprintf(what, sizeof(what), "network %s: nftables", def->name);
-        rc = run_program(what, argv, NULL, 0);
-    }
-    free(path);
     return rc;
 }
 
@@ -1040,13 +1056,8 @@ static void nft_unload(struct vs_net_store *s, const char *name)
                                      "add table ip %s\ndelete table ip %s\n",
                                      table, table, table, table)
                        : NULL;
-    if (text && run_file_write(s, name, "nft.conf", text) == 0) {
-        char *path = run_path(s, name, "nft.conf");
-        char *argv[] = {"nft", "-f", path, NULL};
-        if (path)
-            run_program("nftables", argv, NULL, 0);
-        free(path);
-    }
+    if (text)
+        nft_apply(s, name, "nft.conf", text, "nftables");
     vs_error_clear();
     free(text);
     free(table);
@@ -1479,18 +1490,15 @@ int vs_net_leases(struct vs_net_store *store, const char *name, struct vs_net_le
     vs_net_def_free(&def);
     if (!nat)
         return vs_error(-EINVAL, "network %s has no DHCP server (only kind nat does)", name);
-    char *p = run_path(store, name, "dnsmasq.leases"), *text = NULL;
-    if (!p)
-        return -ENOMEM;
-    rc = read_file(p, &text);
-    free(p);
-    if (rc == -ENOENT) {
+    char *text;
+    rc = run_file_read(store, name, "dnsmasq.leases", "the leases", &text);
+    if (rc < 0)
+        return rc;
+    if (!text) {
         *out = NULL;
         *count = 0;
         return 0;
     }
-    if (rc < 0)
-        return vs_error_errno(rc, "network %s: cannot read the leases", name);
     rc = vs_net_leases_parse(text, out, count);
     free(text);
     return rc;
@@ -1523,16 +1531,8 @@ static int nft_set_sync(struct vs_net_store *s, const struct vs_net_def *def,
     free(taps);
     if (!text)
         return -ENOMEM;
-    rc = run_file_write(s, def->name, "nft-leased.conf", text);
+    rc = nft_apply(s, def->name, "nft-leased.conf", text, "nftables set leased");
     free(text);
-    char *path = run_path(s, def->name, "nft-leased.conf");
-    if (rc == 0 && path) {
-        char *argv[] = {"nft", "-f", path, NULL};
-        char what[96];
-        snprintf(what, sizeof(what), "network %s: nftables set leased", def->name);
-        rc = run_program(what, argv, NULL, 0);
-    }
-    free(path);
     return rc;
 }
 

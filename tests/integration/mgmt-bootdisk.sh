@@ -7,52 +7,12 @@
 # The same disk as a qcow2 undo disk boots through its overlay; a disk without a boot config and
 # `from = cdrom` fail to start with one line.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || { skip "no usable /dev/kvm here"; finish; }
-[ -r "$PROBE" ] || { skip "no probe guest (make guest)"; finish; }
-for t in mkfs.ext4 sfdisk qemu-img jq curl; do
-    command -v $t >/dev/null || { skip "$t not installed"; finish; }
-done
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need_kvm_probe
+need mkfs.ext4 sfdisk qemu-img jq curl
 
-STATE=$T/st
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
-DPID=
-cleanup() {
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    [ -n "$DPID" ] && kill "$DPID" 2>/dev/null || true
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup EXIT
 mkdir -p "$STATE"
-"$VESSELD" --state "$STATE" >>"$T/vesseld.log" 2>&1 &
-DPID=$!
-for _ in $(seq 100); do
-    [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && break
-    sleep 0.1
-done
-field() { "$VESSEL" info "$1" --json 2>/dev/null | jq -r ".$2"; }
-wait_state() { # NAME STATE SECONDS
-    local i
-    for i in $(seq $(($3 * 10))); do
-        [ "$(field "$1" state)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
+start_daemon
 
 # build_disk OUT GRUBCFG — msdos table, partition 1 (1 MiB..33 MiB) ext4 = /boot
 build_disk() {

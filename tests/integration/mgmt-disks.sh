@@ -3,63 +3,15 @@
 # running VM may write can't be started writable (nor read-only) in another, the error names the
 # holder; read-only sharing works; the lock goes with the VM's stop and survives a daemon restart.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ] || [ ! -r "$PROBE" ]; then
-    skip "no usable /dev/kvm or probe guest"
-    finish
-fi
-command -v curl >/dev/null || { skip "curl not installed"; finish; }
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need_kvm_probe
+need curl
 
-STATE=$T/st
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
-DPID=
-start_daemon() {
-    "$VESSELD" --state "$STATE" >>"$T/vesseld.log" 2>&1 &
-    DPID=$!
-    local i
-    for i in $(seq 100); do
-        [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && return 0
-        sleep 0.1
-    done
-    not_ok "vesseld answers"
-    finish
-}
-cleanup_all() {
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    if [ -n "$DPID" ]; then
-        kill "$DPID" 2>/dev/null || true
-        wait "$DPID" 2>/dev/null || true
-    fi
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup_all EXIT
 mkdef() { # NAME DISK-FILE EXTRA-DISK-LINES
-    cat >"$T/$1.vm" <<EOF
-name = $1
-memory = 64M
-console = file:$T/$1.console
-[boot]
-kernel = $PROBE
-cmdline = probe.mode=idle
-[disk]
-file = $2
-format = raw
-$3
-EOF
+    {
+        probe_def "$1"
+        printf '[disk]\nfile = %s\nformat = raw\n%s\n' "$2" "$3"
+    } >"$T/$1.vm"
 }
 mkdir -p "$STATE"
 quiet truncate -s 16M "$T/shared.raw"

@@ -6,87 +6,21 @@
 # controllable), malformed definitions (line numbers) through the CLI and the raw API, hostile
 # HTTP, and 50 concurrent API clients (no lost update, SQLite consistent).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
-    skip "no usable /dev/kvm here"
-    finish
-fi
-[ -r "$PROBE" ] || { skip "no probe guest (make guest)"; finish; }
-command -v curl >/dev/null || { skip "curl not installed"; finish; }
-command -v jq >/dev/null || { skip "jq not installed"; finish; }
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need_kvm_probe
+need curl jq
 
-STATE=$T/st
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
-DPID=
-start_daemon() {
-    "$VESSELD" --state "$STATE" >>"$T/vesseld.log" 2>&1 &
-    DPID=$!
-    local i
-    for i in $(seq 100); do
-        [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && return 0
-        sleep 0.1
-    done
-    not_ok "vesseld answers on $SOCK"
-    diag <"$T/vesseld.log"
-    finish
-}
-cleanup_vms() {
-    # VMs outlive the daemon by design: stop every one this test started
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    [ -n "$DPID" ] && kill "$DPID" 2>/dev/null || true
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup_vms EXIT
 api() { # METHOD PATH [curl args…] — prints the body, then the status on the last line
     local m=$1 p=$2
     shift 2
     curl -s --max-time 60 --unix-socket "$SOCK" -X "$m" -w '\n%{http_code}\n' "$@" "http://v$p"
 }
-field() { # NAME KEY — a field of `vessel info --json`
-    "$VESSEL" info "$1" --json 2>/dev/null | jq -r ".$2"
-}
-wait_state() { # NAME STATE SECONDS
-    local i
-    for i in $(seq $(($3 * 10))); do
-        [ "$(field "$1" state)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-wait_console() { # FILE TEXT SECONDS
-    local i
-    for i in $(seq $(($3 * 10))); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 cpu_ns() { "$VESSEL" stats "$1" --json | jq -r .cpu_time_ns; }
 mkdef() { # NAME EXTRA-TOP-LEVEL-LINES [BOOT-CMDLINE] [DISK-SECTION]
-    cat >"$T/$1.vm" <<EOF
-name = $1
-memory = 64M
-console = file:$T/$1.console
-$2
-[boot]
-kernel = $PROBE
-cmdline = ${3:-probe.mode=idle}
-${4:-}
-EOF
+    {
+        probe_def "$1" "${3:-}" "" "$2"
+        printf '%s\n' "${4:-}"
+    } >"$T/$1.vm"
 }
 
 mkdir -p "$STATE"
@@ -112,7 +46,7 @@ if [ "$(ps -o sid= -p "$P1_PID" | tr -d ' ')" != "$(ps -o sid= -p "$DPID" | tr -
 else
     not_ok "vessel-vmm is detached from the daemon"
 fi
-wait_console "$T/p1.console" "PROBE idle" 30 && ok "the probe is up (PROBE idle)" || not_ok "PROBE idle on p1's console"
+wait_for "$T/p1.console" "PROBE idle" 30 && ok "the probe is up (PROBE idle)" || not_ok "PROBE idle on p1's console"
 expect_rc 1 "starting a running VM is refused" start p1
 
 # ---- pause / resume: vCPU time stops --------------------------------------------------------------------
@@ -140,7 +74,7 @@ fi
 mkdef p2 "on_reboot = destroy"
 expect_ok "define p2 (on_reboot = destroy)" define "$T/p2.vm"
 expect_ok "start p2" start p2
-wait_console "$T/p2.console" "PROBE idle" 30 || true
+wait_for "$T/p2.console" "PROBE idle" 30 || true
 vs reboot p2
 wait_state p2 shutoff 10 && ok "reboot of p2 ends in shutoff (on_reboot = destroy)" || not_ok "p2 shut off after reboot (state $(field p2 state))"
 
@@ -156,7 +90,7 @@ vs destroy p3
 wait_state p3 shutoff 60 && ok "p3 ends shut off (destroy or crash-loop guard)" || not_ok "p3 shut off (state $(field p3 state))"
 
 # ---- shutdown through the power button -------------------------------------------------------------------
-wait_console "$T/p1.console" "PROBE idle" 30 || true
+wait_for "$T/p1.console" "PROBE idle" 30 || true
 sleep 0.5
 expect_ok "shutdown p1 --timeout 30" shutdown p1 --timeout 30
 grep -q "shut off" "$VS_OUT" && ok "the probe powered off on the power button (no destroy needed)" || not_ok "p1 shut down cleanly"
@@ -261,7 +195,7 @@ format = raw
 undo = yes"
 expect_ok "define u1 with an undo disk" define "$T/u1.vm"
 expect_ok "start u1" start u1
-wait_console "$T/u1.console" "PROBE idle" 60 && ok "u1's probe wrote to its disk" || not_ok "u1 blk test ran (console: $(tail -3 "$T/u1.console" 2>/dev/null))"
+wait_for "$T/u1.console" "PROBE idle" 60 && ok "u1's probe wrote to its disk" || not_ok "u1 blk test ran (console: $(tail -3 "$T/u1.console" 2>/dev/null))"
 [ -f "$STATE/run/u1/undo-0.qcow2" ] && ok "the writes went to run/u1/undo-0.qcow2" || not_ok "undo overlay exists"
 vs shutdown u1 --timeout 30
 [ "$(sha256sum <"$T/base.raw")" = "$sum0" ] && ok "after shutdown the base disk is unchanged" || not_ok "undo: base disk unchanged"
@@ -278,7 +212,7 @@ expect_ok "snapshot create s1 clean" snapshot create s1 clean
 vs snapshot list s1
 grep -qx clean "$VS_OUT" && ok "snapshot list shows 'clean'" || not_ok "snapshot list"
 expect_ok "start s1 (writes to the disk)" start s1
-wait_console "$T/s1.console" "PROBE idle" 60 || true
+wait_for "$T/s1.console" "PROBE idle" 60 || true
 vs shutdown s1 --timeout 30
 active=$("$VESSEL" dumpdef s1 | sed -n 's/^file = //p')
 vs img compare "$T/s.qcow2" "$active"

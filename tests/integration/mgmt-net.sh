@@ -9,60 +9,19 @@
 # one line naming the VM, the NIC and the network, and leaves no tap; a NIC on a host bridge gets
 # a tap on that bridge. Nothing leaves the namespace.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || { skip "no usable /dev/kvm here"; finish; }
-[ -r "$PROBE" ] || { skip "no probe guest (make guest)"; finish; }
-for need in ip nft jq curl; do
-    command -v "$need" >/dev/null || { skip "$need is not installed"; finish; }
-done
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need_kvm_probe
+need ip nft jq curl
 # has ARGS… — grep that reads all its input (grep -q can SIGPIPE the writer under pipefail)
 has() { grep "$@" >/dev/null; }
 
-STATE=$T/st
 NETSTATE=$STATE/net
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
 NS=vmgmt-$$
-DPID=
-
-cleanup() {
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    [ -n "$DPID" ] && kill "$DPID" 2>/dev/null || true
-    ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    sleep 0.2
-    ip netns del "$NS" 2>/dev/null || true
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup EXIT
+DAEMON_NS=$NS
 ip netns add "$NS" || { skip "cannot create a network namespace"; finish; }
 ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 mkdir -p "$STATE"
 
-start_daemon() {
-    ip netns exec "$NS" "$VESSELD" --state "$STATE" >>"$T/vesseld.log" 2>&1 &
-    DPID=$!
-    local i
-    for i in $(seq 100); do
-        [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && return 0
-        sleep 0.1
-    done
-    not_ok "vesseld answers on $SOCK"
-    diag <"$T/vesseld.log"
-    finish
-}
 # nv ARGS… — `vessel net --state STATE/net ARGS…` in the namespace (VS_RC/VS_OUT/VS_ERR like vs)
 nv() {
     local rc=0
@@ -83,34 +42,14 @@ nv_ok() { # DESC ARGS…
     nv "$@"
     if [ "$VS_RC" -eq 0 ]; then ok "$desc"; else not_ok "$desc (exit $VS_RC)"; fi
 }
-field() { "$VESSEL" info "$1" --json 2>/dev/null | jq -r ".$2"; }
-wait_state() { # NAME STATE SECONDS
-    local i
-    for i in $(seq $(($3 * 10))); do
-        [ "$(field "$1" state)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-wait_for() { # FILE PATTERN SECONDS
-    local i
-    for i in $(seq $(($3 * 10))); do
-        grep -aq "$2" "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
 result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
-link_exists() { ip netns exec "$NS" ip link show "$1" >/dev/null 2>&1; }
-master_of() { ip netns exec "$NS" ip -o link show "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 tap_of() { echo "vs$(field "$1" uuid | tr -d - | cut -c1-8)$2"; } # NAME INDEX
 # mkvm NAME CMDLINE NIC-SECTIONS…
 mkvm() {
     local name=$1 cmdline=$2
     shift 2
     {
-        printf 'name = %s\nmemory = 64M\nconsole = file:%s/%s.console\n' "$name" "$T" "$name"
-        printf '[boot]\nkernel = %s\ncmdline = %s\n' "$PROBE" "$cmdline"
+        probe_def "$name" "$cmdline"
         local nic
         for nic in "$@"; do printf '[nic]\n%s\n' "$nic"; done
     } >"$T/$name.vm"

@@ -7,60 +7,13 @@
 # of a new VM's volume, edit through $EDITOR (a change, no change, a broken edit refused with its
 # line and the definition unchanged), and start --console relaying the guest's serial output.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ] || [ ! -r "$PROBE" ]; then
-    skip "no usable /dev/kvm or probe guest"
-    finish
-fi
-for tool in curl jq qemu-img qemu-io; do
-    command -v "$tool" >/dev/null || { skip "$tool not installed"; finish; }
-done
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need_kvm_probe
+need curl jq qemu-img qemu-io
 
-STATE=$T/st
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
-DPID=
-start_daemon() {
-    "$VESSELD" --state "$STATE" >>"$T/vesseld.log" 2>&1 &
-    DPID=$!
-    local i
-    for i in $(seq 100); do
-        [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && return 0
-        sleep 0.1
-    done
-    not_ok "vesseld answers"
-    finish
-}
-cleanup_all() {
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    if [ -n "$DPID" ]; then
-        kill "$DPID" 2>/dev/null || true
-        wait "$DPID" 2>/dev/null || true
-    fi
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup_all EXIT
 mkdef() { # NAME DISK-FILE [CMDLINE] [CONSOLE]
     {
-        echo "name = $1"
-        echo "memory = 64M"
-        echo "console = ${4:-file:$T/$1.console}"
-        echo "[boot]"
-        echo "kernel = $PROBE"
-        echo "cmdline = ${3:-probe.mode=idle}"
+        probe_def "$1" "${3:-}" "${4:-}"
         if [ -n "$2" ]; then
             echo "[disk]"
             echo "file = $2"

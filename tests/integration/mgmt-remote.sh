@@ -4,37 +4,8 @@
 # refusal of a TCP listener without TLS, the event stream (`GET /v1/events`, `vessel events`), and
 # event hooks (DIR/hooks/*: run with VM name and event, logged, killed after --hook-timeout).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-command -v curl >/dev/null || { skip "curl not installed"; finish; }
-command -v jq >/dev/null || { skip "jq not installed"; finish; }
-command -v openssl >/dev/null || { skip "openssl not installed"; finish; }
-
-STATE=$T/st
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
-DPID=
-cleanup_all() {
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    if [ -n "$DPID" ]; then
-        kill "$DPID" 2>/dev/null || true
-        wait "$DPID" 2>/dev/null || true
-    fi
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup_all EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need curl jq openssl
 
 # a free TCP port on 127.0.0.1
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -77,13 +48,8 @@ EOF
 echo "not a hook" >"$STATE/hooks/README"
 chmod +x "$STATE/hooks/10-record" "$STATE/hooks/20-hang"
 
-"$VESSELD" --state "$STATE" --listen "tcp:127.0.0.1:$PORT" --tls-cert "$T/cert.pem" \
-    --tls-key "$T/key.pem" --token-file "$T/token" --hook-timeout 4 >>"$T/vesseld.log" 2>&1 &
-DPID=$!
-for i in $(seq 100); do
-    [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && break
-    sleep 0.1
-done
+start_daemon --listen "tcp:127.0.0.1:$PORT" --tls-cert "$T/cert.pem" \
+    --tls-key "$T/key.pem" --token-file "$T/token" --hook-timeout 4
 URL=https://127.0.0.1:$PORT
 # ---- TLS + token ---------------------------------------------------------------------------------------
 code=$(curl -s -o "$T/r.json" -w '%{http_code}' --max-time 10 --cacert "$T/cert.pem" "$URL/v1/vms" || true)
@@ -105,17 +71,7 @@ fi
 code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 10 --http1.1 "http://127.0.0.1:$PORT/v1/vms" || true)
 [ "$code" != 200 ] && ok "plaintext HTTP on the TCP port gets no answer (curl: $code)" || not_ok "plaintext HTTP is refused on the TCP port"
 # the CLI over TLS
-mkdef() {
-    cat >"$T/$1.vm" <<EOF
-name = $1
-memory = 64M
-console = file:$T/$1.console
-[boot]
-kernel = $PROBE
-cmdline = probe.mode=idle
-EOF
-}
-mkdef r1
+probe_def r1 >"$T/r1.vm"
 expect_ok "define r1 over the unix socket" define "$T/r1.vm"
 VESSEL_TOKEN= expect_rc 1 "the CLI over tls without a token fails" list --all --connect "tls:127.0.0.1:$PORT" --cacert "$T/cert.pem"
 expect_rc 1 "the CLI without the CA refuses the self-signed certificate" list --all --connect "tls:127.0.0.1:$PORT" --token-file "$T/token"

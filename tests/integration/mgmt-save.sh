@@ -11,41 +11,13 @@
 # `restored`. Then save + `restore NAME`, save + destroy (discards the saved state), a save the
 # daemon finds only after a kill -9 (the exit file of the keeper), and autostart restoring a saved VM.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-VESSELD=${VESSELD:-$(dirname "$VESSEL")/vesseld}
-export VESSEL_VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=$ROOT/build/guest/probe.elf
-require_vessel
-for f in "$VESSELD" "$VESSEL_VMM"; do
-    [ -x "$f" ] || { not_ok "$f exists"; finish; }
-done
-[ -r /dev/kvm ] && [ -w /dev/kvm ] || { skip "no usable /dev/kvm here"; finish; }
-[ -r "$PROBE" ] || { skip "no probe guest (make guest)"; finish; }
-for need in ip jq curl python3; do
-    command -v "$need" >/dev/null || { skip "$need is not installed"; finish; }
-done
+source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
+need_kvm_probe
+need ip jq curl python3
 
-STATE=$T/st
-SOCK=$STATE/vesseld.sock
-export VESSEL_SOCKET=$SOCK
 NS=vsave-$$
+DAEMON_NS=$NS
 BR=brsave
-DPID=
-cleanup() {
-    local p
-    for p in $(pgrep -f "vessel-vmm .*$STATE/run/" || true); do kill -9 "$p" 2>/dev/null || true; done
-    [ -n "$DPID" ] && kill "$DPID" 2>/dev/null || true
-    ip netns pids "$NS" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    sleep 0.2
-    ip netns del "$NS" 2>/dev/null || true
-    if grep -qE "$SANITIZER_RE" "$T/vesseld.log" 2>/dev/null; then
-        echo "not ok - vesseld sanitizer report"
-        diag 60 <"$T/vesseld.log"
-    fi
-    it_cleanup
-}
-trap cleanup EXIT
 ip netns add "$NS" || { skip "cannot create a network namespace"; finish; }
 ip netns exec "$NS" ip link add "$BR" type bridge
 ip netns exec "$NS" ip link set "$BR" up
@@ -56,38 +28,8 @@ echo "\$1 \$2 \$3" >>"$T/hooks.txt"
 EOF
 chmod +x "$STATE/hooks/10-record"
 
-start_daemon() {
-    ip netns exec "$NS" "$VESSELD" --state "$STATE" >>"$T/vesseld.log" 2>&1 &
-    DPID=$!
-    local i
-    for i in $(seq 100); do
-        [ -S "$SOCK" ] && curl -sf --max-time 2 --unix-socket "$SOCK" http://v/v1/ping >/dev/null && return 0
-        sleep 0.1
-    done
-    not_ok "vesseld answers on $SOCK"
-    diag <"$T/vesseld.log"
-    finish
-}
-field() { "$VESSEL" info "$1" --json 2>/dev/null | jq -r ".$2"; }
-wait_state() { # NAME STATE SECONDS
-    local i
-    for i in $(seq $(($3 * 10))); do
-        [ "$(field "$1" state)" = "$2" ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-link_exists() { ip netns exec "$NS" ip link show "$1" >/dev/null 2>&1; }
-master_of() { ip netns exec "$NS" ip -o link show "$1" 2>/dev/null | sed -n 's/.* master \([^ ]*\) .*/\1/p'; }
 vmms() { pgrep -f "vessel-vmm .*$STATE/run/$1/" | wc -l; }
-hook_saw() { # VM EVENT SECONDS — a hook ran for the event
-    local i
-    for i in $(seq $(($3 * 10))); do
-        grep -q "^$1 $2" "$T/hooks.txt" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    return 1
-}
+hook_saw() { wait_for "$T/hooks.txt" "^$1 $2" "$3"; } # VM EVENT SECONDS — a hook ran for the event
 # con SOCK LINE PATTERN [SECONDS] — type LINE on the VM's serial console (a unix socket) and print
 # what comes back up to the end of the line holding PATTERN.
 con() {
