@@ -69,7 +69,7 @@ static void vessel_usage(FILE *out)
                  "       vessel help [COMMAND]\n\n"
                  "Commands:\n");
     for (size_t i = 0; i < sizeof(vessel_commands) / sizeof(vessel_commands[0]); i++)
-        fprintf(out, "  %-8s %s\n", vessel_commands[i].name, vessel_commands[i].summary);
+        fprintf(out, "  %-10s %s\n", vessel_commands[i].name, vessel_commands[i].summary);
     fprintf(out, "\nRun 'vessel COMMAND --help' for the options of a command.\n");
 }
 
