@@ -166,8 +166,7 @@ int guestfs_fat_exists(struct guestfs_fat *fat, const char *path);
 /* Create or replace the file PATH (a replaced file keeps its names). New names get a VFAT long
  * name and a unique NAME~N.EXT alias unless they are valid 8.3 names. A full volume is -ENOSPC
  * with the volume unchanged. */
-int guestfs_fat_write_file(struct guestfs_fat *fat, const char *path, const void *data,
-                           size_t len);
+int guestfs_fat_write_file(struct guestfs_fat *fat, const char *path, const void *data, size_t len);
 int guestfs_fat_write_from_fd(struct guestfs_fat *fat, const char *path, int fd);
 int guestfs_fat_mkdir(struct guestfs_fat *fat, const char *path);
 /* Remove a file or an empty directory. */
