@@ -977,9 +977,8 @@ static int cli_map_entry(void *ctx, const struct img_map_entry *e)
 
 static int cli_map(int argc, char **argv)
 {
-    const char *format = NULL;
     struct cli_map_state s = {.output = CLI_OUTPUT_HUMAN, .first = true};
-    int flags = 0;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN};
     uint64_t start = 0, length = UINT64_MAX;
     static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
                                              {"output", required_argument, NULL, 'j'},
@@ -988,18 +987,9 @@ static int cli_map(int argc, char **argv)
                                              {"force-share", no_argument, NULL, 'U'},
                                              {"object", required_argument, NULL, 'O'},
                                              {0}};
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":hf:U", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
-        case 'j':
-            if (cli_parse_output(optarg, &s.output))
-                return 1;
-            break;
         case 's':
             if (cli_parse_size_arg(optarg, "start offset", &start))
                 return 1;
@@ -1008,23 +998,20 @@ static int cli_map(int argc, char **argv)
             if (cli_parse_size_arg(optarg, "maximum length", &length))
                 return 1;
             break;
-        case 'U':
-            flags |= IMG_OPEN_NO_LOCK;
-            break;
-        case 'O':
-            break;
         default:
-            return cli_bad_option(c, argv);
+            if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+                return rc;
         }
     }
+    s.output = o.output;
     if (optind != argc - 1)
         return cli_usage_error("expecting one image file name");
     struct img *img;
-    if (img_open(&img, argv[optind], format, flags))
+    if (img_open(&img, argv[optind], o.format, o.open_flags))
         return cli_fail(1);
     if (s.output == CLI_OUTPUT_HUMAN)
         printf("%-16s%-16s%-16s%s\n", "Offset", "Length", "Mapped to", "File");
-    int rc = img_map(img, start, length, cli_map_entry, &s);
+    rc = img_map(img, start, length, cli_map_entry, &s);
     if (s.output == CLI_OUTPUT_JSON)
         printf(s.first ? "[]\n" : "]\n");
     else if (!rc)
@@ -1038,8 +1025,9 @@ static int cli_map(int argc, char **argv)
 
 static int cli_resize(int argc, char **argv)
 {
-    const char *format = NULL, *prealloc = NULL;
-    bool quiet = false, shrink = false;
+    const char *prealloc = NULL;
+    bool shrink = false;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN};
     int flags = IMG_OPEN_RDWR;
     /* a "-5M" size would look like an option to getopt: take the last argument out first */
     if (argc > 2 && argv[argc - 1][0] == '-' && argv[argc - 1][1] >= '0' &&
@@ -1052,29 +1040,18 @@ static int cli_resize(int argc, char **argv)
                                              {"object", required_argument, NULL, 'O'},
                                              {"image-opts", no_argument, NULL, 'I'},
                                              {0}};
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":hf:q", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
-        case 'q':
-            quiet = true;
-            break;
         case 's':
             shrink = true;
             break;
         case 'P':
             prealloc = optarg;
             break;
-        case 'O':
-            break;
-        case 'I':
-            return cli_usage_error("--image-opts is not supported");
         default:
-            return cli_bad_option(c, argv);
+            if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+                return rc;
         }
     }
     if (!size_arg) {
@@ -1093,7 +1070,7 @@ static int cli_resize(int argc, char **argv)
     if (cli_parse_size_arg(num, "size", &n))
         return 1;
     struct img *img;
-    if (img_open(&img, argv[optind], format, flags))
+    if (img_open(&img, argv[optind], o.format, flags))
         return cli_fail(1);
     uint64_t cur = img_size(img), target = n;
     if (sign > 0) {
@@ -1126,7 +1103,7 @@ static int cli_resize(int argc, char **argv)
     }
     if (img_close(img))
         return cli_fail(1);
-    if (!quiet)
+    if (!o.quiet)
         printf("Image resized.\n");
     return 0;
 }
@@ -1135,18 +1112,14 @@ static int cli_resize(int argc, char **argv)
 
 static int cli_commit(int argc, char **argv)
 {
-    const char *format = NULL, *base_name = NULL;
-    bool quiet = false, progress = false, keep = false;
+    const char *base_name = NULL;
+    bool progress = false, keep = false;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN};
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'}, {"object", required_argument, NULL, 'O'}, {0}};
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":hf:t:b:dpqr:", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
         case 'b':
             base_name = optarg;
             break;
@@ -1156,21 +1129,18 @@ static int cli_commit(int argc, char **argv)
         case 'p':
             progress = true;
             break;
-        case 'q':
-            quiet = true;
-            break;
         case 't':
         case 'r':
-        case 'O':
             break;
         default:
-            return cli_bad_option(c, argv);
+            if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+                return rc;
         }
     }
     if (optind != argc - 1)
         return cli_usage_error("expecting one image file name");
     struct img *top;
-    if (img_open(&top, argv[optind], format, IMG_OPEN_RDWR))
+    if (img_open(&top, argv[optind], o.format, IMG_OPEN_RDWR))
         return cli_fail(1);
     struct img *base = NULL;
     if (base_name) {
@@ -1190,8 +1160,8 @@ static int cli_commit(int argc, char **argv)
         }
     }
     struct vs_progress bar;
-    cli_progress_init(&bar, progress && !quiet);
-    int rc = img_commit(top, base, keep, cli_progress_cb, &bar);
+    cli_progress_init(&bar, progress && !o.quiet);
+    rc = img_commit(top, base, keep, cli_progress_cb, &bar);
     vs_progress_finish(&bar);
     if (rc) {
         img_close(top);
@@ -1199,7 +1169,7 @@ static int cli_commit(int argc, char **argv)
     }
     if (img_close(top))
         return cli_fail(1);
-    if (!quiet)
+    if (!o.quiet)
         printf("Image committed.\n");
     return 0;
 }
@@ -1208,21 +1178,16 @@ static int cli_commit(int argc, char **argv)
 
 static int cli_rebase(int argc, char **argv)
 {
-    const char *format = NULL, *backing = NULL, *backing_format = NULL;
-    bool quiet = false, progress = false, unsafe = false;
-    int lock_flags = 0;
+    const char *backing = NULL, *backing_format = NULL;
+    bool progress = false, unsafe = false;
+    struct cli_common o = {.output = CLI_OUTPUT_HUMAN};
     static const struct option longopts[] = {{"help", no_argument, NULL, 'h'},
                                              {"force-share", no_argument, NULL, 'U'},
                                              {"object", required_argument, NULL, 'O'},
                                              {0}};
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'h':
-            return cli_help();
-        case 'f':
-            format = optarg;
-            break;
         case 'F':
             backing_format = optarg;
             break;
@@ -1235,18 +1200,12 @@ static int cli_rebase(int argc, char **argv)
         case 'p':
             progress = true;
             break;
-        case 'q':
-            quiet = true;
-            break;
-        case 'U':
-            lock_flags |= IMG_OPEN_NO_LOCK;
-            break;
         case 't':
         case 'T':
-        case 'O':
             break;
         default:
-            return cli_bad_option(c, argv);
+            if ((rc = cli_common_option(c, argv, &o)) != CLI_OPTION_TAKEN)
+                return rc;
         }
     }
     if (optind != argc - 1)
@@ -1256,12 +1215,12 @@ static int cli_rebase(int argc, char **argv)
     if (backing && backing[0] && !backing_format && unsafe)
         return cli_usage_error("backing format must be specified (-F) in unsafe mode");
     struct img *img;
-    int flags = IMG_OPEN_RDWR | (unsafe ? IMG_OPEN_NO_BACKING : 0) | lock_flags;
-    if (img_open(&img, argv[optind], format, flags))
+    int flags = IMG_OPEN_RDWR | (unsafe ? IMG_OPEN_NO_BACKING : 0) | o.open_flags;
+    if (img_open(&img, argv[optind], o.format, flags))
         return cli_fail(1);
     struct vs_progress bar;
-    cli_progress_init(&bar, progress && !quiet);
-    int rc = img_rebase(img, backing, backing_format, unsafe, lock_flags, cli_progress_cb, &bar);
+    cli_progress_init(&bar, progress && !o.quiet);
+    rc = img_rebase(img, backing, backing_format, unsafe, o.open_flags, cli_progress_cb, &bar);
     vs_progress_finish(&bar);
     if (rc) {
         img_close(img);
