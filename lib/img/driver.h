@@ -103,6 +103,15 @@ struct img_driver {
  * image or it is shorter. */
 int img_read_backing(struct img *img, void *buf, uint64_t offset, size_t len);
 /* Host size of a protocol node (the container file), or -errno. */
+/* A format driver's I/O on its own container file (img->file), below any format logic. */
+static inline int img_file_pread(struct img *img, void *buf, uint64_t off, size_t len)
+{
+    return img->file->drv->pread(img->file, buf, off, len);
+}
+static inline int img_file_pwrite(struct img *img, const void *buf, uint64_t off, size_t len)
+{
+    return img->file->drv->pwrite(img->file, buf, off, len);
+}
 int64_t img_file_size(struct img *file);
 /* Resize a protocol node. */
 int img_file_truncate(struct img *file, uint64_t size);

@@ -108,16 +108,6 @@ static void bmap_set(struct vdi_state *s, uint32_t i, uint32_t v)
     __atomic_store_n(&s->bmap[i], v, __ATOMIC_RELEASE);
 }
 
-static int vdi_read(struct img *img, void *buf, uint64_t off, size_t len)
-{
-    return img->file->drv->pread(img->file, buf, off, len);
-}
-
-static int vdi_write(struct img *img, const void *buf, uint64_t off, size_t len)
-{
-    return img->file->drv->pwrite(img->file, buf, off, len);
-}
-
 static int vdi_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     return len >= VDI_HEADER_SIZE && le32_at(buf + V_SIGNATURE) == VDI_SIGNATURE ? 100 : 0;
@@ -160,7 +150,7 @@ static int vdi_open(struct img *img)
         goto fail;
     }
     uint8_t *h = s->header;
-    rc = vdi_read(img, h, 0, VDI_HEADER_SIZE);
+    rc = img_file_pread(img, h, 0, VDI_HEADER_SIZE);
     if (rc)
         goto fail;
     if (le32_at(h + V_SIGNATURE) != VDI_SIGNATURE) {
@@ -260,7 +250,7 @@ static int vdi_open(struct img *img)
         rc = -ENOMEM;
         goto fail;
     }
-    rc = vdi_read(img, s->bmap, s->offset_bmap, bmap_bytes);
+    rc = img_file_pread(img, s->bmap, s->offset_bmap, bmap_bytes);
     if (rc)
         goto fail;
     uint8_t *seen = tolerant ? NULL : vs_calloc(VS_MAX(s->allocated, 1) / 8 + 1, 1);
@@ -318,7 +308,7 @@ static int vdi_pread(struct img *img, void *buf, uint64_t offset, size_t len)
         if (!vdi_is_allocated(e)) {
             memset(p, 0, n);
         } else {
-            int rc = vdi_read(img, p, s->offset_data + (uint64_t)e * s->block_size + in, n);
+            int rc = img_file_pread(img, p, s->offset_data + (uint64_t)e * s->block_size + in, n);
             if (rc)
                 return rc;
         }
@@ -333,7 +323,7 @@ static int vdi_write_header(struct img *img)
 {
     struct vdi_state *s = img->state;
     le32_put(s->header + V_ALLOCATED, s->allocated);
-    return vdi_write(img, s->header, 0, VDI_HEADER_SIZE);
+    return img_file_pwrite(img, s->header, 0, VDI_HEADER_SIZE);
 }
 
 static int vdi_write_bmap_sector(struct img *img, uint32_t i)
@@ -343,7 +333,7 @@ static int vdi_write_bmap_sector(struct img *img, uint32_t i)
     uint32_t buf[128];
     for (uint32_t k = 0; k < n; k++)
         buf[k] = htole32(bmap_get(s, first + k));
-    return vdi_write(img, buf, s->offset_bmap + (uint64_t)first * 4, n * 4);
+    return img_file_pwrite(img, buf, s->offset_bmap + (uint64_t)first * 4, n * 4);
 }
 
 static int vdi_write_bmap(struct img *img)
@@ -364,7 +354,7 @@ static int vdi_write_block(struct img *img, const uint8_t *buf, uint64_t offset,
     uint64_t in = offset % s->block_size;
     uint32_t e = bmap_get(s, i);
     if (vdi_is_allocated(e))
-        return vdi_write(img, buf, s->offset_data + (uint64_t)e * s->block_size + in, len);
+        return img_file_pwrite(img, buf, s->offset_data + (uint64_t)e * s->block_size + in, len);
     /* reserve a physical index */
     pthread_mutex_lock(&img->lock);
     while (s->pending[i])
@@ -372,7 +362,7 @@ static int vdi_write_block(struct img *img, const uint8_t *buf, uint64_t offset,
     e = bmap_get(s, i);
     if (vdi_is_allocated(e)) {
         pthread_mutex_unlock(&img->lock);
-        return vdi_write(img, buf, s->offset_data + (uint64_t)e * s->block_size + in, len);
+        return img_file_pwrite(img, buf, s->offset_data + (uint64_t)e * s->block_size + in, len);
     }
     if (s->allocated >= s->blocks) {
         pthread_mutex_unlock(&img->lock);
@@ -394,7 +384,7 @@ static int vdi_write_block(struct img *img, const uint8_t *buf, uint64_t offset,
         rc = full ? 0 : -ENOMEM;
         if (full) {
             memcpy(full + in, buf, len);
-            rc = vdi_write(img, full, block, s->block_size);
+            rc = img_file_pwrite(img, full, block, s->block_size);
             free(full);
         }
     }
@@ -621,7 +611,7 @@ static int vdi_compact(struct img *img, struct img_compact *result)
         uint32_t e = s->bmap[i];
         if (!vdi_is_allocated(e))
             continue;
-        rc = vdi_read(img, buf, s->offset_data + (uint64_t)e * s->block_size, s->block_size);
+        rc = img_file_pread(img, buf, s->offset_data + (uint64_t)e * s->block_size, s->block_size);
         if (rc)
             break;
         if (vs_buffer_is_zero(buf, s->block_size)) {
@@ -641,9 +631,11 @@ static int vdi_compact(struct img *img, struct img_compact *result)
         if (lo >= hi)
             break;
         uint32_t from = hi - 1, guest = owner[from];
-        rc = vdi_read(img, buf, s->offset_data + (uint64_t)from * s->block_size, s->block_size);
+        rc = img_file_pread(img, buf, s->offset_data + (uint64_t)from * s->block_size,
+                            s->block_size);
         if (!rc)
-            rc = vdi_write(img, buf, s->offset_data + (uint64_t)lo * s->block_size, s->block_size);
+            rc = img_file_pwrite(img, buf, s->offset_data + (uint64_t)lo * s->block_size,
+                                 s->block_size);
         if (rc)
             break;
         s->bmap[guest] = lo;
@@ -746,20 +738,8 @@ static int vdi_measure(struct vs_opts *opts, struct img *source, uint64_t size, 
     uint64_t blocks = VS_DIV_ROUND_UP(size, VDI_BLOCK_DEFAULT);
     uint64_t meta = VDI_HEADER_SIZE + VS_ALIGN_UP(blocks * 4, VDI_SECTOR);
     uint64_t used = 0;
-    for (uint64_t b = 0; source && b < blocks; b++) {
-        uint64_t off = b * VDI_BLOCK_DEFAULT, end = VS_MIN(size, off + VDI_BLOCK_DEFAULT);
-        for (uint64_t o = off; o < end;) {
-            struct img_extent ext;
-            rc = img_block_status(source, o, end - o, &ext);
-            if (rc)
-                return rc;
-            if (!(ext.flags & IMG_STATUS_ZERO)) {
-                used++;
-                break;
-            }
-            o += ext.length;
-        }
-    }
+    if (source && (rc = vhd_count_data_blocks(source, size, VDI_BLOCK_DEFAULT, &used)))
+        return rc;
     *fully_allocated = meta + blocks * VDI_BLOCK_DEFAULT;
     *required = is_static ? *fully_allocated : meta + used * VDI_BLOCK_DEFAULT;
     return 0;

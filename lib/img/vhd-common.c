@@ -306,6 +306,26 @@ int vhd_write_nonzero(struct img *file, const uint8_t *buf, uint64_t at, size_t 
     return 0;
 }
 
+int vhd_count_data_blocks(struct img *source, uint64_t size, uint64_t block_size, uint64_t *count)
+{
+    *count = 0;
+    for (uint64_t off = 0; off < size; off += block_size) {
+        uint64_t end = VS_MIN(size, off + block_size);
+        for (uint64_t o = off; o < end;) {
+            struct img_extent ext;
+            int rc = img_block_status(source, o, end - o, &ext);
+            if (rc)
+                return rc;
+            if (!(ext.flags & IMG_STATUS_ZERO)) {
+                (*count)++;
+                break;
+            }
+            o += ext.length;
+        }
+    }
+    return 0;
+}
+
 void vhd_check_report(struct img_check *r, const char *fmt, ...)
 {
     if (!r->report)

@@ -1,7 +1,7 @@
 /*
  * lib/img/vhd-common.h — pieces the VHD, VHDX and VDI drivers share: UTF-16 names, GUIDs,
  * Castagnoli CRC32C, finding a parent disk from the paths a child stores, writing a fresh block
- * sparsely, and check's report lines.
+ * sparsely, counting the blocks measure must allow for, and check's report lines.
  *
  * The idea: Microsoft's two formats locate their parent the same way (a relative path first, then
  * an absolute one, each stored as UTF-16 with Windows separators), so the search and the text
@@ -78,6 +78,10 @@ typedef int (*vhd_block_write_fn)(struct img *img, const uint8_t *buf, uint64_t 
  * forgotten before and after. */
 int vhd_pwrite_split(struct img *img, struct vhd_extent_cache *holes, uint64_t block_size,
                      const void *buf, uint64_t offset, size_t len, vhd_block_write_fn write_block);
+
+/* For measure: how many BLOCK_SIZE blocks of SOURCE's first SIZE bytes hold anything but zeros
+ * (through the backing chain) — the blocks a converted copy of SOURCE would allocate. */
+int vhd_count_data_blocks(struct img *source, uint64_t size, uint64_t block_size, uint64_t *count);
 
 /* One line of a check report, through the caller's report callback when it has one. */
 struct img_check;

@@ -163,16 +163,6 @@ static uint32_t vhd_mtime_stamp(const struct stat *st)
     return st->st_mtime > VHD_TIMESTAMP_BASE ? (uint32_t)(st->st_mtime - VHD_TIMESTAMP_BASE) : 0;
 }
 
-static int vhd_read(struct img *img, void *buf, uint64_t off, size_t len)
-{
-    return img->file->drv->pread(img->file, buf, off, len);
-}
-
-static int vhd_write(struct img *img, const void *buf, uint64_t off, size_t len)
-{
-    return img->file->drv->pwrite(img->file, buf, off, len);
-}
-
 static uint32_t bat_get(struct vhd_state *s, uint32_t i)
 {
     return __atomic_load_n(&s->bat[i], __ATOMIC_ACQUIRE);
@@ -283,21 +273,21 @@ static int vhd_write_footer(struct img *img, bool head_copy_too)
     if (vhd_dynamic(s)) {
         at = s->data_end;
         if (head_copy_too) {
-            int rc = vhd_write(img, s->footer, 0, VHD_FOOTER_SIZE);
+            int rc = img_file_pwrite(img, s->footer, 0, VHD_FOOTER_SIZE);
             if (rc)
                 return rc;
         }
     } else {
         at = s->fixed_footer;
     }
-    return vhd_write(img, s->footer, at, VHD_FOOTER_SIZE);
+    return img_file_pwrite(img, s->footer, at, VHD_FOOTER_SIZE);
 }
 
 static int vhd_write_header(struct img *img)
 {
     struct vhd_state *s = img->state;
     vhd_header_seal(s->header);
-    return vhd_write(img, s->header, get64(s->footer + F_DATA_OFFSET), VHD_HEADER_SIZE);
+    return img_file_pwrite(img, s->header, get64(s->footer + F_DATA_OFFSET), VHD_HEADER_SIZE);
 }
 
 /* Write the BAT sector holding entry I (caller holds the lock or is single-threaded). */
@@ -309,7 +299,7 @@ static int vhd_write_bat_sector(struct img *img, uint32_t i)
     uint32_t buf[128];
     for (uint32_t k = 0; k < n; k++)
         buf[k] = htobe32(bat_get(s, first + k));
-    return vhd_write(img, buf, s->bat_offset + (uint64_t)first * 4, n * 4);
+    return img_file_pwrite(img, buf, s->bat_offset + (uint64_t)first * 4, n * 4);
 }
 
 static int vhd_write_bat(struct img *img)
@@ -369,7 +359,7 @@ static char *vhd_locator_path(struct img *img, const uint8_t *loc, int64_t file_
         *err = -ENOMEM;
         return NULL;
     }
-    int rc = vhd_read(img, raw, off, len);
+    int rc = img_file_pread(img, raw, off, len);
     if (rc) {
         free(raw);
         *err = rc;
@@ -547,7 +537,7 @@ static int vhd_open_dynamic(struct img *img, int64_t file_size)
         (uint64_t)file_size - hoff < VHD_HEADER_SIZE)
         return img_error(img, -EINVAL,
                          "footer data offset %" PRIu64 ": dynamic header outside the file", hoff);
-    int rc = vhd_read(img, s->header, hoff, VHD_HEADER_SIZE);
+    int rc = img_file_pread(img, s->header, hoff, VHD_HEADER_SIZE);
     if (rc)
         return rc;
     if (memcmp(s->header, "cxsparse", 8))
@@ -584,7 +574,7 @@ static int vhd_open_dynamic(struct img *img, int64_t file_size)
     s->pending = vs_calloc(VS_MAX(s->max_entries, 1), 1);
     if (!s->bat || !s->pending)
         return -ENOMEM;
-    rc = vhd_read(img, s->bat, s->bat_offset, bat_bytes);
+    rc = img_file_pread(img, s->bat, s->bat_offset, bat_bytes);
     if (rc)
         return rc;
     /* metadata ends after the BAT, the header and any parent locator data; only the first two
@@ -653,12 +643,12 @@ static int vhd_open(struct img *img)
                        file_size);
         goto fail;
     }
-    rc = vhd_read(img, s->footer, 0, VHD_FOOTER_SIZE);
+    rc = img_file_pread(img, s->footer, 0, VHD_FOOTER_SIZE);
     if (rc)
         goto fail;
     bool head = !memcmp(s->footer, "conectix", 8) && get32(s->footer + F_TYPE) != VHD_TYPE_FIXED;
     if (!head) {
-        rc = vhd_read(img, s->footer, (uint64_t)file_size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE);
+        rc = img_file_pread(img, s->footer, (uint64_t)file_size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE);
         if (rc)
             goto fail;
         if (memcmp(s->footer, "conectix", 8)) {
@@ -745,7 +735,7 @@ static int vhd_read_diff_block(struct img *img, uint8_t *buf, uint64_t off, size
     uint8_t *map = vs_malloc(s->bitmap_size);
     if (!map)
         return -ENOMEM;
-    int rc = vhd_read(img, map, block_off, s->bitmap_size);
+    int rc = img_file_pread(img, map, block_off, s->bitmap_size);
     uint64_t in = off % s->block_size;
     size_t done = 0;
     while (!rc && done < len) {
@@ -755,7 +745,7 @@ static int vhd_read_diff_block(struct img *img, uint8_t *buf, uint64_t off, size
         while (done + n < len && bit_test(map, (in + done + n) / VHD_SECTOR) == mine)
             n += (size_t)VS_MIN((uint64_t)len - done - n, VHD_SECTOR);
         if (mine)
-            rc = vhd_read(img, buf + done, block_off + s->bitmap_size + in + done, n);
+            rc = img_file_pread(img, buf + done, block_off + s->bitmap_size + in + done, n);
         else
             rc = img_read_backing(img, buf + done, off + done, n);
         done += n;
@@ -768,7 +758,7 @@ static int vhd_pread(struct img *img, void *buf, uint64_t offset, size_t len)
 {
     struct vhd_state *s = img->state;
     if (!vhd_dynamic(s))
-        return vhd_read(img, buf, offset, len);
+        return img_file_pread(img, buf, offset, len);
     uint8_t *p = buf;
     while (len) {
         uint32_t i = (uint32_t)(offset / s->block_size);
@@ -785,8 +775,8 @@ static int vhd_pread(struct img *img, void *buf, uint64_t offset, size_t len)
         } else if (s->type == VHD_TYPE_DIFF) {
             rc = vhd_read_diff_block(img, p, offset, n, (uint64_t)e * VHD_SECTOR);
         } else {
-            rc = vhd_read(img, p,
-                          (uint64_t)e * VHD_SECTOR + s->bitmap_size + offset % s->block_size, n);
+            rc = img_file_pread(
+                img, p, (uint64_t)e * VHD_SECTOR + s->bitmap_size + offset % s->block_size, n);
         }
         if (rc)
             return rc;
@@ -864,7 +854,7 @@ static int vhd_write_diff_block(struct img *img, const uint8_t *buf, uint64_t of
     uint8_t *sec = vs_malloc(VHD_SECTOR);
     int rc = (!map || !sec) ? -ENOMEM : 0;
     if (!rc && !fresh)
-        rc = vhd_read(img, map, block_off, s->bitmap_size);
+        rc = img_file_pread(img, map, block_off, s->bitmap_size);
     uint64_t data = block_off + s->bitmap_size;
     /* edge sectors */
     uint64_t edges[2] = {first, last};
@@ -878,21 +868,21 @@ static int vhd_write_diff_block(struct img *img, const uint8_t *buf, uint64_t of
             continue; /* whole sector: written below */
         uint64_t guest = off - in + s0;
         if (bit_test(map, sn))
-            rc = vhd_read(img, sec, data + s0, VHD_SECTOR);
+            rc = img_file_pread(img, sec, data + s0, VHD_SECTOR);
         else
             rc = img_read_backing(img, sec, guest, VHD_SECTOR);
         if (rc)
             break;
         memcpy(sec + (a - s0), buf + (a - in), b - a);
-        rc = vhd_write(img, sec, data + s0, VHD_SECTOR);
+        rc = img_file_pwrite(img, sec, data + s0, VHD_SECTOR);
     }
     /* whole sectors in between */
     uint64_t a = VS_ALIGN_UP(in, VHD_SECTOR), b = VS_ALIGN_DOWN(in + len, VHD_SECTOR);
     if (!rc && b > a)
-        rc = vhd_write(img, buf + (a - in), data + a, b - a);
+        rc = img_file_pwrite(img, buf + (a - in), data + a, b - a);
     if (!rc) {
         bit_set_range(map, first, last - first + 1);
-        rc = vhd_write(img, map, block_off, s->bitmap_size);
+        rc = img_file_pwrite(img, map, block_off, s->bitmap_size);
     }
     free(map);
     free(sec);
@@ -925,7 +915,7 @@ static int vhd_write_block(struct img *img, const uint8_t *buf, uint64_t off, si
                 rc = -ENOMEM;
             else {
                 memset(map, 0xff, s->bitmap_size);
-                rc = vhd_write(img, map, block_off, s->bitmap_size);
+                rc = img_file_pwrite(img, map, block_off, s->bitmap_size);
                 free(map);
             }
         }
@@ -933,7 +923,7 @@ static int vhd_write_block(struct img *img, const uint8_t *buf, uint64_t off, si
             rc = vhd_write_nonzero(img->file, buf, block_off + s->bitmap_size + off % s->block_size,
                                    len);
         else if (!rc)
-            rc = vhd_write(img, buf, block_off + s->bitmap_size + off % s->block_size, len);
+            rc = img_file_pwrite(img, buf, block_off + s->bitmap_size + off % s->block_size, len);
     }
     if (reserved) {
         int prc = vhd_publish(img, i, entry, rc == 0);
@@ -948,7 +938,7 @@ static int vhd_pwrite(struct img *img, const void *buf, uint64_t offset, size_t 
     struct vhd_state *s = img->state;
     if (!vhd_dynamic(s)) {
         vhd_extent_cache_reset(&s->holes);
-        int rc = vhd_write(img, buf, offset, len);
+        int rc = img_file_pwrite(img, buf, offset, len);
         vhd_extent_cache_reset(&s->holes);
         return rc;
     }
@@ -1038,7 +1028,7 @@ static int vhd_block_status(struct img *img, uint64_t offset, uint64_t len, uint
     uint8_t *map = vs_malloc(s->bitmap_size);
     if (!map)
         return -ENOMEM;
-    int rc = vhd_read(img, map, (uint64_t)e * VHD_SECTOR, s->bitmap_size);
+    int rc = img_file_pread(img, map, (uint64_t)e * VHD_SECTOR, s->bitmap_size);
     if (rc) {
         free(map);
         return rc;
@@ -1418,9 +1408,9 @@ static int vhd_pack(struct img *img)
             /* copying downwards front to back is safe even when the ranges overlap */
             for (uint64_t done = 0; !rc && done < span; done += VHD_COPY_CHUNK) {
                 size_t len = (size_t)VS_MIN((uint64_t)VHD_COPY_CHUNK, span - done);
-                rc = vhd_read(img, buf, refs[k].offset + done, len);
+                rc = img_file_pread(img, buf, refs[k].offset + done, len);
                 if (!rc)
-                    rc = vhd_write(img, buf, at + done, len);
+                    rc = img_file_pwrite(img, buf, at + done, len);
             }
             s->bat[refs[k].index] = (uint32_t)(at / VHD_SECTOR);
         }
@@ -1461,7 +1451,7 @@ static int vhd_compact(struct img *img, struct img_compact *result)
         if (e == VHD_UNALLOCATED)
             continue;
         uint64_t block = (uint64_t)e * VHD_SECTOR;
-        rc = vhd_read(img, buf, block, s->bitmap_size);
+        rc = img_file_pread(img, buf, block, s->bitmap_size);
         if (rc)
             break;
         /* a differencing block is unused when its bitmap is empty; a dynamic one (whose bitmap
@@ -1471,7 +1461,7 @@ static int vhd_compact(struct img *img, struct img_compact *result)
             zero = true;
             for (uint64_t d = 0; zero && !rc && d < s->block_size; d += VHD_COPY_CHUNK) {
                 size_t len = (size_t)VS_MIN((uint64_t)VHD_COPY_CHUNK, s->block_size - d);
-                rc = vhd_read(img, buf, block + s->bitmap_size + d, len);
+                rc = img_file_pread(img, buf, block + s->bitmap_size + d, len);
                 zero = !rc && vs_buffer_is_zero(buf, len);
             }
         }
@@ -1539,7 +1529,7 @@ static int vhd_check(struct img *img, struct img_check *r, int fix)
                          get32(s->header + H_CHECKSUM), sum);
     }
     uint8_t tail[VHD_FOOTER_SIZE];
-    int rc = vhd_read(img, tail, (uint64_t)file_size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE);
+    int rc = img_file_pread(img, tail, (uint64_t)file_size - VHD_FOOTER_SIZE, VHD_FOOTER_SIZE);
     if (rc)
         return rc;
     if (memcmp(tail, s->footer, VHD_FOOTER_SIZE)) {
@@ -1643,22 +1633,8 @@ static int vhd_measure(struct vs_opts *opts, struct img *source, uint64_t size, 
     uint64_t bitmap = VS_ALIGN_UP(block_size / VHD_SECTOR / 8, VHD_SECTOR);
     uint64_t meta = 2 * VHD_FOOTER_SIZE + VHD_HEADER_SIZE + VS_ALIGN_UP(entries * 4, VHD_SECTOR);
     uint64_t blocks = 0;
-    if (source) {
-        for (uint64_t b = 0; b < entries; b++) {
-            uint64_t off = b * block_size, end = VS_MIN(size, off + block_size);
-            for (uint64_t o = off; o < end;) {
-                struct img_extent ext;
-                rc = img_block_status(source, o, end - o, &ext);
-                if (rc)
-                    return rc;
-                if (!(ext.flags & IMG_STATUS_ZERO)) {
-                    blocks++;
-                    break;
-                }
-                o += ext.length;
-            }
-        }
-    }
+    if (source && (rc = vhd_count_data_blocks(source, size, block_size, &blocks)))
+        return rc;
     *required = meta + blocks * (block_size + bitmap);
     *fully_allocated = meta + entries * (block_size + bitmap);
     return 0;

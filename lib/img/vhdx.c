@@ -178,16 +178,6 @@ static bool guid_is(const uint8_t *bytes, const char *text)
     return vhdx_guid_parse(text, g) && !memcmp(bytes, g, 16);
 }
 
-static int vhdx_read(struct img *img, void *buf, uint64_t off, size_t len)
-{
-    return img->file->drv->pread(img->file, buf, off, len);
-}
-
-static int vhdx_write(struct img *img, const void *buf, uint64_t off, size_t len)
-{
-    return img->file->drv->pwrite(img->file, buf, off, len);
-}
-
 static uint64_t bat_get(struct vhdx_state *s, uint64_t i)
 {
     return __atomic_load_n(&s->bat[i], __ATOMIC_ACQUIRE);
@@ -249,7 +239,7 @@ static int vhdx_write_header(struct img *img)
     le64_put(h + HDR_SEQ, le64_at(s->header + HDR_SEQ) + 1);
     vhdx_seal(h, sizeof(h));
     uint64_t slot = s->header_offset == VHDX_HEADER1 ? VHDX_HEADER2 : VHDX_HEADER1;
-    int rc = vhdx_write(img, h, slot, sizeof(h));
+    int rc = img_file_pwrite(img, h, slot, sizeof(h));
     if (!rc)
         rc = img->file->drv->flush(img->file);
     if (!rc) {
@@ -444,7 +434,7 @@ static int log_replay(struct img *img, const struct vhdx_log *log, const struct 
                 memcpy(sector, desc + 8, 8);        /* leading bytes */
                 memcpy(sector + 8, src + 8, 4084);  /* payload */
                 memcpy(sector + 4092, desc + 4, 4); /* trailing bytes */
-                rc = vhdx_write(img, sector, target, sizeof(sector));
+                rc = img_file_pwrite(img, sector, target, sizeof(sector));
             } else {
                 uint64_t zlen = le64_at(desc + 8);
                 if (target > limit || zlen > limit - target) {
@@ -495,7 +485,7 @@ static int vhdx_open_log(struct img *img, int64_t file_size)
     log.buf = vs_malloc(s->log_length);
     if (!log.buf)
         return -ENOMEM;
-    int rc = vhdx_read(img, log.buf, s->log_offset, s->log_length);
+    int rc = img_file_pread(img, log.buf, s->log_offset, s->log_length);
     struct vhdx_sequence seq;
     bool found = !rc && log_find_active(&log, &seq);
     if (!rc && found) {
@@ -544,11 +534,11 @@ static int vhdx_read_regions(struct img *img, int64_t file_size)
     uint8_t *rt = vs_malloc(VHDX_REGION_SIZE);
     if (!rt)
         return -ENOMEM;
-    int rc = vhdx_read(img, rt, VHDX_REGION1, VHDX_REGION_SIZE);
+    int rc = img_file_pread(img, rt, VHDX_REGION1, VHDX_REGION_SIZE);
     bool ok =
         !rc && !memcmp(rt, "regi", 4) && le32_at(rt + 4) == vhdx_checksum(rt, VHDX_REGION_SIZE);
     if (!rc && !ok) {
-        rc = vhdx_read(img, rt, VHDX_REGION2, VHDX_REGION_SIZE);
+        rc = img_file_pread(img, rt, VHDX_REGION2, VHDX_REGION_SIZE);
         ok =
             !rc && !memcmp(rt, "regi", 4) && le32_at(rt + 4) == vhdx_checksum(rt, VHDX_REGION_SIZE);
     }
@@ -619,13 +609,13 @@ static int vhdx_read_metadata(struct img *img, const uint8_t *table, const char 
                 return -ENOMEM;
             *got_len = len;
             *found = true;
-            return vhdx_read(img, *alloc, s->meta_offset + off, len);
+            return img_file_pread(img, *alloc, s->meta_offset + off, len);
         }
         if (len < want)
             return img_error(img, -EINVAL, "metadata item %s is %u bytes, expected %u", guid, len,
                              want);
         *found = true;
-        return vhdx_read(img, out, s->meta_offset + off, want);
+        return img_file_pread(img, out, s->meta_offset + off, want);
     }
     return 0;
 }
@@ -783,7 +773,7 @@ static int vhdx_open_metadata(struct img *img)
     uint8_t *table = vs_malloc(VHDX_METADATA_TABLE);
     if (!table)
         return -ENOMEM;
-    int rc = vhdx_read(img, table, s->meta_offset, VHDX_METADATA_TABLE);
+    int rc = img_file_pread(img, table, s->meta_offset, VHDX_METADATA_TABLE);
     if (!rc && memcmp(table, "metadata", 8))
         rc = img_error(img, -EINVAL, "metadata table signature is not 'metadata'");
     uint16_t count = rc ? 0 : le16_at(table + 10);
@@ -902,16 +892,16 @@ static int vhdx_open(struct img *img)
         goto fail;
     }
     uint8_t sig[8];
-    rc = vhdx_read(img, sig, 0, 8);
+    rc = img_file_pread(img, sig, 0, 8);
     if (!rc && memcmp(sig, "vhdxfile", 8))
         rc = img_error(img, -EINVAL, "file type identifier is not 'vhdxfile'");
     h2 = vs_malloc(VHDX_HEADER_SIZE);
     if (!rc && !h2)
         rc = -ENOMEM;
     if (!rc)
-        rc = vhdx_read(img, s->header, VHDX_HEADER1, VHDX_HEADER_SIZE);
+        rc = img_file_pread(img, s->header, VHDX_HEADER1, VHDX_HEADER_SIZE);
     if (!rc)
-        rc = vhdx_read(img, h2, VHDX_HEADER2, VHDX_HEADER_SIZE);
+        rc = img_file_pread(img, h2, VHDX_HEADER2, VHDX_HEADER_SIZE);
     if (rc)
         goto fail;
     bool v1 = vhdx_header_valid(s->header), v2 = vhdx_header_valid(h2);
@@ -959,7 +949,7 @@ static int vhdx_open(struct img *img)
         rc = -ENOMEM;
         goto fail;
     }
-    rc = vhdx_read(img, s->bat, s->bat_offset, s->bat_entries * 8);
+    rc = img_file_pread(img, s->bat, s->bat_offset, s->bat_entries * 8);
     if (rc)
         goto fail;
     uint64_t end = VS_MAX(s->bat_offset + s->bat_length, s->meta_offset + s->meta_length);
@@ -1033,7 +1023,7 @@ static int vhdx_read_partial(struct img *img, uint8_t *buf, uint64_t offset, siz
     uint8_t *map = vs_malloc(nbytes);
     if (!map)
         return -ENOMEM;
-    int rc = vhdx_read(img, map, BAT_OFFSET(bm) + byte0, nbytes);
+    int rc = img_file_pread(img, map, BAT_OFFSET(bm) + byte0, nbytes);
     size_t done = 0;
     while (!rc && done < len) {
         uint64_t k = (offset + done) / s->logical_sector - chunk_first - byte0 * 8;
@@ -1048,7 +1038,7 @@ static int vhdx_read_partial(struct img *img, uint8_t *buf, uint64_t offset, siz
             n += (size_t)VS_MIN((uint64_t)(len - done - n), (uint64_t)s->logical_sector);
         }
         if (mine)
-            rc = vhdx_read(img, buf + done, block_off + (offset + done) % s->block_size, n);
+            rc = img_file_pread(img, buf + done, block_off + (offset + done) % s->block_size, n);
         else
             rc = img_read_backing(img, buf + done, offset + done, n);
         done += n;
@@ -1068,7 +1058,7 @@ static int vhdx_pread(struct img *img, void *buf, uint64_t offset, size_t len)
         unsigned st = BAT_STATE(e);
         int rc = 0;
         if (st == PAYLOAD_FULLY_PRESENT)
-            rc = vhdx_read(img, p, BAT_OFFSET(e) + offset % s->block_size, n);
+            rc = img_file_pread(img, p, BAT_OFFSET(e) + offset % s->block_size, n);
         else if (st == PAYLOAD_PARTIALLY_PRESENT && s->has_parent)
             rc = vhdx_read_partial(img, p, offset, n, BAT_OFFSET(e));
         else if (vhdx_reads_parent(s, st))
@@ -1090,7 +1080,7 @@ static int vhdx_write_bat_entry(struct img *img, uint64_t i)
 {
     struct vhdx_state *s = img->state;
     uint64_t v = htole64(bat_get(s, i));
-    return vhdx_write(img, &v, s->bat_offset + i * 8, 8);
+    return img_file_pwrite(img, &v, s->bat_offset + i * 8, 8);
 }
 
 static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset, size_t len)
@@ -1101,7 +1091,7 @@ static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset
     uint64_t e = bat_get(s, idx);
     if (BAT_STATE(e) == PAYLOAD_FULLY_PRESENT &&
         __atomic_load_n(&s->header_updated, __ATOMIC_ACQUIRE))
-        return vhdx_write(img, buf, BAT_OFFSET(e) + in, len);
+        return img_file_pwrite(img, buf, BAT_OFFSET(e) + in, len);
     pthread_mutex_lock(&img->lock);
     int rc = vhdx_begin_write(img);
     while (!rc && s->pending[block])
@@ -1109,7 +1099,7 @@ static int vhdx_write_block(struct img *img, const uint8_t *buf, uint64_t offset
     e = bat_get(s, idx);
     if (rc || BAT_STATE(e) == PAYLOAD_FULLY_PRESENT) {
         pthread_mutex_unlock(&img->lock);
-        return rc ? rc : vhdx_write(img, buf, BAT_OFFSET(e) + in, len);
+        return rc ? rc : img_file_pwrite(img, buf, BAT_OFFSET(e) + in, len);
     }
     /* a new block at the end of the file; its space is a hole, so zeros need no writing */
     uint64_t at = s->file_end;
@@ -1209,7 +1199,7 @@ static int vhdx_block_status(struct img *img, uint64_t offset, uint64_t len, uin
         uint8_t *map = vs_malloc(nbytes);
         if (!map)
             return -ENOMEM;
-        int rc = vhdx_read(img, map, BAT_OFFSET(bm) + bit0 / 8, nbytes);
+        int rc = img_file_pread(img, map, BAT_OFFSET(bm) + bit0 / 8, nbytes);
         if (rc) {
             free(map);
             return rc;
@@ -1420,7 +1410,7 @@ static int vhdx_write_disk_size(struct img *img, uint64_t size)
     uint8_t *table = vs_malloc(VHDX_METADATA_TABLE);
     if (!table)
         return -ENOMEM;
-    int rc = vhdx_read(img, table, s->meta_offset, VHDX_METADATA_TABLE);
+    int rc = img_file_pread(img, table, s->meta_offset, VHDX_METADATA_TABLE);
     uint16_t count = rc ? 0 : le16_at(table + 10);
     rc = rc ? rc : img_error(img, -EINVAL, "metadata: virtual disk size item not found");
     for (uint16_t i = 0; i < count && i < 2047; i++) {
@@ -1428,7 +1418,7 @@ static int vhdx_write_disk_size(struct img *img, uint64_t size)
         if (guid_is(e, GUID_DISK_SIZE)) {
             uint8_t v[8];
             le64_put(v, size);
-            rc = vhdx_write(img, v, s->meta_offset + le32_at(e + 16), 8);
+            rc = img_file_pwrite(img, v, s->meta_offset + le32_at(e + 16), 8);
             break;
         }
     }
@@ -1490,7 +1480,7 @@ static int vhdx_truncate(struct img *img, uint64_t size, int flags, const char *
         for (uint64_t i = 0; !rc && i < entries; i++)
             le[i] = htole64(s->bat[i]);
         if (!rc)
-            rc = vhdx_write(img, le, s->bat_offset, span * 8);
+            rc = img_file_pwrite(img, le, s->bat_offset, span * 8);
         free(le);
     }
     if (!rc)
@@ -1542,7 +1532,7 @@ static int vhdx_compact(struct img *img, struct img_compact *result)
             continue;
         bool zero = true;
         for (uint64_t d = 0; zero && !rc && d < s->block_size; d += MiB) {
-            rc = vhdx_read(img, buf, BAT_OFFSET(e) + d, MiB);
+            rc = img_file_pread(img, buf, BAT_OFFSET(e) + d, MiB);
             zero = !rc && vs_buffer_is_zero(buf, MiB);
         }
         slots[n++] = (struct vhdx_slot){BAT_OFFSET(e), zero ? UINT64_MAX : i};
@@ -1563,9 +1553,9 @@ static int vhdx_compact(struct img *img, struct img_compact *result)
             break;
         struct vhdx_slot *from = &slots[hi - 1], *to = &slots[lo];
         for (uint64_t d = 0; !rc && d < s->block_size; d += MiB) {
-            rc = vhdx_read(img, buf, from->offset + d, MiB);
+            rc = img_file_pread(img, buf, from->offset + d, MiB);
             if (!rc)
-                rc = vhdx_write(img, buf, to->offset + d, MiB);
+                rc = img_file_pwrite(img, buf, to->offset + d, MiB);
         }
         if (!rc)
             rc = img->file->drv->flush(img->file);
@@ -1614,7 +1604,7 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
     int rc = 0;
     uint64_t hdr_off[2] = {VHDX_HEADER1, VHDX_HEADER2};
     for (int k = 0; !rc && k < 2; k++) {
-        rc = vhdx_read(img, buf, hdr_off[k], VHDX_HEADER_SIZE);
+        rc = img_file_pread(img, buf, hdr_off[k], VHDX_HEADER_SIZE);
         if (!rc && !vhdx_header_valid(buf)) {
             r->corruptions++;
             vhd_check_report(r,
@@ -1625,7 +1615,7 @@ static int vhdx_check(struct img *img, struct img_check *r, int fix)
     }
     uint64_t reg_off[2] = {VHDX_REGION1, VHDX_REGION2};
     for (int k = 0; !rc && k < 2; k++) {
-        rc = vhdx_read(img, buf, reg_off[k], VHDX_REGION_SIZE);
+        rc = img_file_pread(img, buf, reg_off[k], VHDX_REGION_SIZE);
         if (!rc &&
             (memcmp(buf, "regi", 4) || le32_at(buf + 4) != vhdx_checksum(buf, VHDX_REGION_SIZE))) {
             r->corruptions++;
@@ -1739,20 +1729,8 @@ static int vhdx_measure(struct vs_opts *opts, struct img *source, uint64_t size,
     uint64_t entries = blocks + (blocks - 1) / ((1ull << 23) * 512 / block_size);
     uint64_t meta = MiB + VS_ALIGN_UP(log_size, MiB) + MiB + VS_ALIGN_UP(entries * 8, MiB);
     uint64_t used = 0;
-    for (uint64_t b = 0; source && b < blocks; b++) {
-        uint64_t off = b * block_size, end = VS_MIN(size, off + block_size);
-        for (uint64_t o = off; o < end;) {
-            struct img_extent ext;
-            rc = img_block_status(source, o, end - o, &ext);
-            if (rc)
-                return rc;
-            if (!(ext.flags & IMG_STATUS_ZERO)) {
-                used++;
-                break;
-            }
-            o += ext.length;
-        }
-    }
+    if (source && (rc = vhd_count_data_blocks(source, size, block_size, &used)))
+        return rc;
     *fully_allocated = meta + blocks * block_size;
     *required =
         subformat && !strcmp(subformat, "fixed") ? *fully_allocated : meta + used * block_size;
