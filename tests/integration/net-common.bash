@@ -1,6 +1,7 @@
 # tests/integration/net-common.bash — the shared setup of the net-*.sh scripts: one private
 # network namespace (NS) per run, removed on exit, with IPv6 off so counters count guest frames;
-# `nv` runs `vessel net --state STATE` inside it; `vm` starts a probe guest on a tap there.
+# `nv` runs `vessel net --state STATE` inside it; `vm` starts a probe guest on a tap there and
+# `need_probe_vm` skips a script where that can't run.
 # Sourced, not run (the runner only runs *.sh). Needs ip, nft and python3, else the script skips.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/tests/integration/lib.sh"
@@ -15,6 +16,12 @@ STATE=$T/state
 for need in ip nft python3; do
     command -v "$need" >/dev/null || { skip "$need is not installed"; finish; }
 done
+# need_probe_vm — skip (with the reason) unless probe guests can run here
+need_probe_vm() {
+    [ -r /dev/kvm ] || { skip "no /dev/kvm here"; finish; }
+    [ -x "$VMM" ] || { skip "vessel-vmm $VMM not built"; finish; }
+    [ -f "$PROBE" ] || { skip "probe guest $PROBE not built (make guest)"; finish; }
+}
 
 cleanup_ns() {
     ip netns pids "$NS" 2>/dev/null | xargs -r kill 2>/dev/null || true

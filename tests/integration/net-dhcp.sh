@@ -9,56 +9,11 @@
 # and from a forged address, which vessel's rules drop (counted by a watching table behind them).
 # Everything happens inside a private network namespace (a "host") created and removed here.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-source "$ROOT/tests/integration/lib.sh"
-require_vessel
-# has ARGS… — grep that reads all its input (grep -q can SIGPIPE the writer under pipefail)
-has() { grep "$@" >/dev/null; }
-VMM=${VESSEL_VMM:-$(dirname "$VESSEL")/vessel-vmm}
-PROBE=${PROBE:-$ROOT/build/guest/probe.elf}
-NS=vdhcp-$$
-STATE=$T/state
+source "$(dirname "${BASH_SOURCE[0]}")/net-common.bash"
+command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || { skip "dnsmasq is not installed"; finish; }
+need_probe_vm
 MAC=52:56:65:00:50:21
 
-for need in ip nft; do
-    command -v "$need" >/dev/null || { skip "$need is not installed"; finish; }
-done
-command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || { skip "dnsmasq is not installed"; finish; }
-[ -r /dev/kvm ] || { skip "no /dev/kvm here"; finish; }
-[ -x "$VMM" ] || { skip "vessel-vmm $VMM not built"; finish; }
-[ -f "$PROBE" ] || { skip "probe guest $PROBE not built (make guest)"; finish; }
-
-cleanup_ns() {
-    ip netns pids "$NS" 2>/dev/null | xargs -r kill 2>/dev/null || true
-    sleep 0.2
-    ip netns del "$NS" 2>/dev/null || true
-    it_cleanup
-}
-trap cleanup_ns EXIT
-ip netns add "$NS" || { skip "cannot create a network namespace"; finish; }
-ip netns exec "$NS" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-
-# nv ARGS… — `vessel net --state STATE ARGS…` inside the netns (VS_RC/VS_OUT/VS_ERR like vs).
-nv() {
-    local rc=0
-    timeout -k 5 "$TIMEOUT" ip netns exec "$NS" "$VESSEL" net --state "$STATE" "$@" \
-        >"$VS_OUT" 2>"$VS_ERR" || rc=$?
-    VS_RC=$rc
-    echo "# \$ vessel net $* -> $rc"
-    [ -s "$VS_ERR" ] && diag 4 <"$VS_ERR"
-    if grep -qE "$SANITIZER_RE" "$VS_ERR"; then
-        not_ok "sanitizer report from: vessel net $*"
-        diag 60 <"$VS_ERR"
-    fi
-    return 0
-}
-nv_ok() { # DESC ARGS…
-    local desc=$1
-    shift
-    nv "$@"
-    if [ "$VS_RC" -eq 0 ]; then ok "$desc"; else not_ok "$desc (exit $VS_RC)"; fi
-}
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
 # in_range A — is A inside 10.78.0.100-10.78.0.150?
 in_range() {
     case $1 in 10.78.0.1[0-4][0-9] | 10.78.0.150) return 0 ;; *) return 1 ;; esac
