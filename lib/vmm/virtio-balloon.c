@@ -10,7 +10,6 @@
  * numbers (when the host reads the stats or changes the target).
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -158,29 +157,16 @@ static void *balloon_worker(void *arg)
 {
     struct balloon *b = arg;
     pthread_setname_np(pthread_self(), "virtio-balloon");
-    for (;;) {
-        struct pollfd p[2] = {{b->kick_fd, POLLIN, 0}, {b->stop_fd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0)
-            continue;
-        if (p[1].revents)
-            break;
-        uint64_t n;
-        if (read(b->kick_fd, &n, sizeof(n)) < 0) {
-            /* spurious wakeup */
-        }
+    while (virtio_worker_wait(b->kick_fd, b->stop_fd))
         balloon_process(b);
-    }
     return NULL;
 }
 
 static void balloon_notify(void *opaque, unsigned q)
 {
     struct balloon *b = opaque;
-    uint64_t one = 1;
     (void)q;
-    if (write(b->kick_fd, &one, sizeof(one)) < 0) {
-        /* a saturated counter still wakes the worker */
-    }
+    virtio_wake(b->kick_fd);
 }
 
 static int balloon_queue_eventfd(void *opaque, unsigned q)
@@ -294,10 +280,7 @@ static void balloon_destroy(void *opaque)
 {
     struct balloon *b = opaque;
     if (b->worker_started) {
-        uint64_t one = 1;
-        if (write(b->stop_fd, &one, sizeof(one)) < 0) {
-            /* cannot happen with a fresh eventfd */
-        }
+        virtio_wake(b->stop_fd);
         pthread_join(b->worker, NULL);
     }
     if (b->machine->balloon == b)

@@ -9,7 +9,6 @@
  * buffers, unknown type) completes with an error status.
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,28 +281,15 @@ static void *blk_worker(void *arg)
 {
     struct blk *b = arg;
     pthread_setname_np(pthread_self(), "virtio-blk");
-    for (;;) {
-        struct pollfd p[2] = {{b->kick_fd, POLLIN, 0}, {b->stop_fd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0)
-            continue;
-        if (p[1].revents)
-            break;
-        uint64_t n;
-        if (read(b->kick_fd, &n, sizeof(n)) < 0) {
-            /* spurious wakeup */
-        }
+    while (virtio_worker_wait(b->kick_fd, b->stop_fd))
         blk_process(b);
-    }
     return NULL;
 }
 
 static void blk_notify(void *opaque, unsigned q)
 {
     struct blk *b = opaque;
-    uint64_t one = 1;
-    if (write(b->kick_fd, &one, sizeof(one)) < 0) {
-        /* the counter saturating still wakes the worker */
-    }
+    virtio_wake(b->kick_fd);
 }
 
 static int blk_queue_eventfd(void *opaque, unsigned q)
@@ -350,10 +336,7 @@ static void blk_destroy(void *opaque)
 {
     struct blk *b = opaque;
     if (b->worker_started) {
-        uint64_t one = 1;
-        if (write(b->stop_fd, &one, sizeof(one)) < 0) {
-            /* cannot happen with a fresh eventfd */
-        }
+        virtio_wake(b->stop_fd);
         pthread_join(b->worker, NULL);
     }
     virtio_pci_destroy(b->vp);

@@ -40,14 +40,6 @@ struct vcon {
     _Atomic uint64_t tx_bytes, rx_bytes, rx_dropped, errors;
 };
 
-static void vcon_wake(int fd)
-{
-    uint64_t one = 1;
-    if (write(fd, &one, sizeof(one)) < 0) {
-        /* a saturated counter still wakes the worker */
-    }
-}
-
 /* Console reader thread: keep the bytes until the guest has a buffer for them. */
 static void vcon_input(void *opaque, const uint8_t *buf, size_t len)
 {
@@ -58,7 +50,7 @@ static void vcon_input(void *opaque, const uint8_t *buf, size_t len)
     v->pending_len += n;
     v->rx_dropped += len - n;
     pthread_mutex_unlock(&v->pending_lock);
-    vcon_wake(v->input_fd);
+    virtio_wake(v->input_fd);
 }
 
 /* Output stays in the ring while a unix-socket backend has no client (virtio's own flow control,
@@ -162,7 +154,7 @@ static void vcon_notify(void *opaque, unsigned q)
 {
     struct vcon *v = opaque;
     if (q < 2)
-        vcon_wake(v->kick_fd[q]);
+        virtio_wake(v->kick_fd[q]);
 }
 
 static int vcon_queue_eventfd(void *opaque, unsigned q)
@@ -185,8 +177,8 @@ static void vcon_park(void *opaque, bool hold)
     v->parked = hold;
     pthread_mutex_unlock(&v->lock);
     if (!hold) {
-        vcon_wake(v->kick_fd[0]);
-        vcon_wake(v->kick_fd[1]);
+        virtio_wake(v->kick_fd[0]);
+        virtio_wake(v->kick_fd[1]);
     }
 }
 
@@ -230,7 +222,7 @@ static void vcon_destroy(void *opaque)
     if (v->console)
         console_set_input(v->console, NULL, NULL);
     if (v->worker_started) {
-        vcon_wake(v->stop_fd);
+        virtio_wake(v->stop_fd);
         pthread_join(v->worker, NULL);
     }
     virtio_pci_destroy(v->vp);

@@ -222,10 +222,7 @@ static void *net_worker(void *arg)
 static void net_notify(void *opaque, unsigned q)
 {
     struct net *n = opaque;
-    uint64_t one = 1;
-    if (write(q == Q_RX ? n->rx_kick_fd : n->tx_kick_fd, &one, sizeof(one)) < 0) {
-        /* a saturated counter still wakes the worker */
-    }
+    virtio_wake(q == Q_RX ? n->rx_kick_fd : n->tx_kick_fd);
 }
 
 static int net_queue_eventfd(void *opaque, unsigned q)
@@ -268,10 +265,7 @@ static void net_destroy(void *opaque)
 {
     struct net *n = opaque;
     if (n->worker_started) {
-        uint64_t one = 1;
-        if (write(n->stop_fd, &one, sizeof(one)) < 0) {
-            /* cannot happen with a fresh eventfd */
-        }
+        virtio_wake(n->stop_fd);
         pthread_join(n->worker, NULL);
     }
     virtio_pci_destroy(n->vp);

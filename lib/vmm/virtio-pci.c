@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/ioctl.h>
+#include <unistd.h>
 
 #include "vmm/virtio.h"
 #include "vmm/vmstate.h"
@@ -661,4 +663,28 @@ struct virtq *virtio_pci_queue(struct virtio_pci *vp, unsigned q)
 uint64_t virtio_pci_features(struct virtio_pci *vp)
 {
     return vp->guest_features;
+}
+
+void virtio_wake(int fd)
+{
+    uint64_t one = 1;
+    if (write(fd, &one, sizeof(one)) < 0) {
+        /* a saturated counter still wakes the reader */
+    }
+}
+
+bool virtio_worker_wait(int kick_fd, int stop_fd)
+{
+    for (;;) {
+        struct pollfd p[2] = {{kick_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+        if (poll(p, 2, -1) < 0)
+            continue;
+        if (p[1].revents)
+            return false;
+        uint64_t n;
+        if (read(kick_fd, &n, sizeof(n)) < 0) {
+            /* another reader took it: a spurious wakeup */
+        }
+        return true;
+    }
 }

@@ -6,7 +6,6 @@
  * that kicks only writes an eventfd, so a guest asking for megabytes never stalls a vCPU.
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -84,29 +83,16 @@ static void *rng_worker(void *arg)
 {
     struct rng *r = arg;
     pthread_setname_np(pthread_self(), "virtio-rng");
-    for (;;) {
-        struct pollfd p[2] = {{r->kick_fd, POLLIN, 0}, {r->stop_fd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0)
-            continue;
-        if (p[1].revents)
-            break;
-        uint64_t n;
-        if (read(r->kick_fd, &n, sizeof(n)) < 0) {
-            /* spurious wakeup */
-        }
+    while (virtio_worker_wait(r->kick_fd, r->stop_fd))
         rng_process(r);
-    }
     return NULL;
 }
 
 static void rng_notify(void *opaque, unsigned q)
 {
     struct rng *r = opaque;
-    uint64_t one = 1;
     (void)q;
-    if (write(r->kick_fd, &one, sizeof(one)) < 0) {
-        /* a saturated counter still wakes the worker */
-    }
+    virtio_wake(r->kick_fd);
 }
 
 static int rng_queue_eventfd(void *opaque, unsigned q)
@@ -144,10 +130,7 @@ static void rng_destroy(void *opaque)
 {
     struct rng *r = opaque;
     if (r->worker_started) {
-        uint64_t one = 1;
-        if (write(r->stop_fd, &one, sizeof(one)) < 0) {
-            /* cannot happen with a fresh eventfd */
-        }
+        virtio_wake(r->stop_fd);
         pthread_join(r->worker, NULL);
     }
     virtio_pci_destroy(r->vp);

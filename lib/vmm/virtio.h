@@ -66,4 +66,11 @@ void virtio_pci_config_changed(struct virtio_pci *vp);
 /* The guest broke a ring: set DEVICE_NEEDS_RESET and send a config interrupt. */
 void virtio_pci_needs_reset(struct virtio_pci *vp, const char *why);
 
+/* Device worker threads sleep on eventfds: the queue kicks (written by the vCPU or by the
+ * ioeventfd) and a stop fd. virtio_wake adds one to an eventfd (a saturated counter still wakes
+ * its reader); virtio_worker_wait blocks until KICK_FD or STOP_FD fires, consumes the kick, and
+ * returns false when the worker must stop. */
+void virtio_wake(int fd);
+bool virtio_worker_wait(int kick_fd, int stop_fd);
+
 #endif
