@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -194,6 +195,24 @@ static int memory_register(struct machine *m)
     return 0;
 }
 
+/* Port 0x80 is the POST-code port: firmware and Linux (outb_p, io_delay=0x80, the i8259 and PIT
+ * setup) write to it as a delay and nothing ever reads the value back. Each such write would be
+ * an exit to the VMM (tens of µs on PVM) that does nothing, so an ioeventfd that no one reads
+ * takes it in the kernel instead. Reads of 0x80 still reach the VMM. Best effort: without it the
+ * writes go the slow way, to the same no-op. */
+static void post_port_sink(struct machine *m)
+{
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (fd < 0)
+        return;
+    struct kvm_ioeventfd e = {.addr = 0x80, .len = 1, .fd = fd, .flags = KVM_IOEVENTFD_FLAG_PIO};
+    if (ioctl(m->vm_fd, KVM_IOEVENTFD, &e) < 0) {
+        close(fd);
+        return;
+    }
+    m->post_fd = fd;
+}
+
 /* The in-kernel irqchip, PIT and memory slots. Each of these waits for a KVM grace period
  * (milliseconds on a busy host), so they run on a thread of their own while the main thread
  * loads the kernel and builds the devices; machine_vm_ready joins it before the vCPUs exist. */
@@ -207,6 +226,8 @@ static void *vm_setup_thread(void *arg)
     } else if (ioctl(m->vm_fd, KVM_CREATE_PIT2, &pit) < 0) {
         m->setup_rc = -errno;
         m->setup_step = "KVM_CREATE_PIT2";
+    } else {
+        post_port_sink(m); /* another grace period: here, off the main thread's path */
     }
     return NULL;
 }
@@ -792,7 +813,7 @@ int machine_create(struct machine **out, const struct vmm_config *config, struct
     if (!m)
         return -ENOMEM;
     m->config = config;
-    m->kvm_fd = m->vm_fd = -1;
+    m->kvm_fd = m->vm_fd = m->post_fd = -1;
     m->start_ns = vs_now_ns();
     m->restore = restore;
     m->vcpu_count = config->cpus ? config->cpus : 1;
@@ -918,6 +939,8 @@ void machine_destroy(struct machine *m)
     free(m->cpuid);
     if (m->vm_fd >= 0)
         close(m->vm_fd);
+    if (m->post_fd >= 0)
+        close(m->post_fd);
     if (m->kvm_fd >= 0)
         close(m->kvm_fd);
     if (m->mmap_base)

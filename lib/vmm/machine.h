@@ -165,6 +165,7 @@ struct boot_info {
 struct machine {
     const struct vmm_config *config;
     int kvm_fd, vm_fd;
+    int post_fd; /* eventfd sinking port 0x80 writes in the kernel (kvm.c: post_port_sink), or -1 */
     int run_size;
     struct guest_mem mem;
     size_t mmap_size;
