@@ -222,6 +222,27 @@ exit_of() {
     wait "$1" || rc=$?
 }
 
+# Port 0x80 writes stay in the kernel (ioeventfd sink). The probe's io test does 100+N `out`s and
+# N `in`s on that port: between N=1 and N=3001 the VMM must see 3000 more I/O exits (the `in`s),
+# not 6000 (the `out`s too).
+io_exits() { # ITERS — I/O exits of an idle probe that ran the io test with probe.iters=ITERS
+    local n=""
+    if start_idle "sink$1" --cmdline "probe.mode=idle probe.tests=io probe.iters=$1"; then
+        n=$(api "$T/sink$1.sock" stats | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["exits"]["io"])' 2>/dev/null || true)
+        api "$T/sink$1.sock" poweroff >/dev/null
+    fi
+    kill "$IDLE_PID" 2>/dev/null || true
+    wait "$IDLE_PID" 2>/dev/null || true
+    echo "$n"
+}
+io1=$(io_exits 1)
+io2=$(io_exits 3001)
+if [ -n "$io1" ] && [ -n "$io2" ] && [ $((io2 - io1)) -ge 3000 ] && [ $((io2 - io1)) -lt 3500 ]; then
+    ok "port 0x80: 3000 more reads reached the VMM, 3000 more writes did not ($io1 -> $io2 I/O exits)"
+else
+    not_ok "port 0x80 writes kept in the kernel (I/O exits $io1 -> $io2; +3000..3499 expected)"
+fi
+
 if start_idle life --balloon --cmdline "probe.mode=idle probe.balloon.pool_pages=4096"; then
     cpu() { api "$T/life.sock" stats | grep -o '"cpu_time_ns":[0-9]*' | head -1 | cut -d: -f2; }
     api "$T/life.sock" pause >/dev/null
