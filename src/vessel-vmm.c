@@ -58,7 +58,11 @@ static void usage(FILE *out)
             "  --cpuid-mask LIST    hide CPU features from the guest (xsave,avx,cx16,…)\n"
             "  --hugepages          back guest RAM with 2 MiB huge pages\n"
             "  --no-reboot          exit with code 2 when the guest reboots\n"
-            "  --no-pvh             boot a bzImage through the boot protocol only\n"
+            "  --boot-path auto|pvh|vmlinux|bzimage   how the kernel is entered (default auto:\n"
+            "                       PVH when it has the note, else the zero page and startup_64\n"
+            "                       of the payload decompressed on the host, else the bzImage's\n"
+            "                       own boot protocol)\n"
+            "  --no-pvh             the same as --boot-path bzimage\n"
             "  --restore FILE       resume a VM saved with the API \"save\" command\n"
             "  -v, --verbose        print the boot path and timings on stderr\n"
             "exit codes: 0 poweroff, 1 usage/setup error, 2 reboot (--no-reboot), 3 guest crash,\n"
@@ -181,7 +185,7 @@ int main(int argc, char **argv)
         {"rng", no_argument, NULL, 'r'},           {"balloon", no_argument, NULL, 'B'},
         {"boot", required_argument, NULL, 'b'},    {"boot-entry", required_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},          {"vconsole", required_argument, NULL, 'V'},
-        {"restore", required_argument, NULL, 'S'},
+        {"restore", required_argument, NULL, 'S'}, {"boot-path", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0},
     };
     /* clang-format on */
@@ -273,8 +277,24 @@ int main(int argc, char **argv)
             cfg.restart_on_reboot = false;
             break;
         case 'P':
-            cfg.no_pvh_fastpath = true;
+            cfg.boot_path = VMM_BOOT_BZIMAGE;
             break;
+        case 'p': {
+            static const char *const paths[] = {"auto", "bzimage", "pvh", "vmlinux"};
+            bool found = false;
+            for (size_t i = 0; i < VS_ARRAY_SIZE(paths) && !found; i++)
+                if (!strcmp(optarg, paths[i])) {
+                    cfg.boot_path = (enum vmm_boot_path)i;
+                    found = true;
+                }
+            if (!found) {
+                fprintf(stderr,
+                        "vessel-vmm: --boot-path '%s': expected auto, pvh, vmlinux or bzimage\n",
+                        optarg);
+                return 1;
+            }
+            break;
+        }
         case 'b':
             if (strcmp(optarg, "disk") != 0 && strcmp(optarg, "kernel") != 0) {
                 fprintf(stderr, "vessel-vmm: --boot '%s': expected disk or kernel\n", optarg);

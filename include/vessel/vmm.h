@@ -35,6 +35,17 @@ struct vmm_net_config {
     bool mac_set; /* else a locally administered MAC derived from the tap name */
 };
 
+/* How --kernel is entered. AUTO: an ELF with a PVH note (or a bzImage whose payload is one) through
+ * PVH; another ELF, or a bzImage whose payload decompresses on the host to one, through the zero
+ * page and its 64-bit startup_64 (VMLINUX); else the bzImage's own 64-bit boot protocol
+ * (BZIMAGE: the guest decompresses itself). The values are kept in state files. */
+enum vmm_boot_path {
+    VMM_BOOT_AUTO = 0,
+    VMM_BOOT_BZIMAGE = 1,
+    VMM_BOOT_PVH = 2,
+    VMM_BOOT_VMLINUX = 3,
+};
+
 struct vmm_config {
     const char *kernel;  /* bzImage or PVH ELF (vmlinux, the probe guest) */
     const char *initrd;  /* optional */
@@ -47,8 +58,8 @@ struct vmm_config {
     const char *api; /* unix:PATH for the JSON control socket, or NULL */
     /* Comma-separated CPUID feature names to hide from the guest ("xsave,avx,cx16"). */
     const char *cpuid_mask;
-    bool no_pvh_fastpath;   /* boot a bzImage through the boot protocol even if PVH is possible */
-    bool restart_on_reboot; /* guest reboot rebuilds the machine instead of returning */
+    enum vmm_boot_path boot_path; /* how a kernel is entered (VMM_BOOT_AUTO: the fastest) */
+    bool restart_on_reboot;       /* guest reboot rebuilds the machine instead of returning */
     struct vmm_disk_config *disks;
     size_t disk_count;
     struct vmm_net_config *nets;

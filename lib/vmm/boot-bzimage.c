@@ -1,13 +1,16 @@
 /*
- * lib/vmm/boot-bzimage.c — Linux bzImage: the PVH fast path, else the 64-bit boot protocol.
+ * lib/vmm/boot-bzimage.c — Linux bzImage and vmlinux: the PVH fast path, the vmlinux 64-bit
+ * entry, else the 64-bit boot protocol.
  *
- * The fast path: a bzImage's payload (setup header payload_offset/payload_length) is the
- * compressed vmlinux ELF. When it carries a PVH entry note we decompress it here with the
- * format's library — picked by magic — and boot it through PVH, so the guest skips its own
- * decompressor (on an emulating KVM that decompressor is most of the boot). Otherwise the
- * protected-mode kernel is copied to its preferred address and entered in long mode at +0x200
- * with a zero page (setup header, E820, command line, initrd, RSDP), per
- * Documentation/arch/x86/boot.rst.
+ * A bzImage's payload (setup header payload_offset/payload_length) is the compressed vmlinux
+ * ELF. We decompress it here with the format's library — picked by magic — so the guest skips
+ * its own decompressor (on an emulating KVM that decompressor is most of the boot). An ELF with
+ * a PVH entry note boots through PVH; without one, the ELF's segments go to their physical
+ * addresses and its startup_64 is entered in long mode with a zero page, exactly the state
+ * Linux's decompressor leaves behind (the way Firecracker boots a vmlinux). When the payload
+ * can't be decompressed, the protected-mode kernel is copied to its preferred address and entered
+ * at +0x200, per Documentation/arch/x86/boot.rst. All three share one zero page: setup header,
+ * E820, command line, initrd, RSDP.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -260,41 +263,142 @@ int bzimage_decompress(const uint8_t *in, size_t len, uint8_t **out, size_t *out
     return rc;
 }
 
+/* ---- the zero page -------------------------------------------------------------------------- */
+
+/* Fill the zero page: BZ's setup header (0x1f1 up to its declared end), or for a bare vmlinux
+ * (BZ NULL) a made-up 2.15 header; then loader type, command line, initrd, RSDP and E820. */
+static int zero_page_fill(struct machine *m, const uint8_t *bz, uint64_t initrd,
+                          uint64_t initrd_size)
+{
+    uint8_t *zp = guest_mem_ptr(&m->mem, LAYOUT_ZERO_PAGE, GUEST_PAGE);
+    if (!zp)
+        return vs_error(-EFAULT, "zero page outside guest memory");
+    memset(zp, 0, GUEST_PAGE);
+    if (bz) {
+        size_t hdr_end = VS_MIN((size_t)0x202 + bz[0x201], (size_t)0x290);
+        memcpy(zp + 0x1f1, bz + 0x1f1, hdr_end - 0x1f1);
+    } else {
+        memcpy(zp + 0x1fe, &(uint16_t){0xaa55}, 2);                 /* boot_flag */
+        memcpy(zp + 0x202, "HdrS", 4);                              /* header */
+        memcpy(zp + 0x206, &(uint16_t){0x020f}, 2);                 /* version 2.15 */
+        memcpy(zp + 0x22c, &(uint32_t){0x7fffffff}, 4);             /* initrd_addr_max */
+        memcpy(zp + 0x230, &(uint32_t){0x200000}, 4);               /* kernel_alignment */
+        memcpy(zp + 0x236, &(uint16_t){0x1}, 2);                    /* XLF_KERNEL_64 */
+        memcpy(zp + 0x238, &(uint32_t){LAYOUT_CMDLINE_MAX - 1}, 4); /* cmdline_size */
+    }
+    zp[0x210] = 0xff;  /* type_of_loader: undefined */
+    zp[0x211] |= 0x01; /* LOADED_HIGH */
+    memcpy(zp + 0x228, &(uint32_t){(uint32_t)LAYOUT_CMDLINE}, 4);
+    memcpy(zp + 0x218, &(uint32_t){(uint32_t)initrd}, 4);
+    memcpy(zp + 0x21c, &(uint32_t){(uint32_t)initrd_size}, 4);
+    memcpy(zp + 0x070, &m->rsdp, 8); /* acpi_rsdp_addr (protocol 2.14) */
+    struct e820_entry_host map[16];
+    unsigned n = machine_e820(m, map, VS_ARRAY_SIZE(map));
+    for (unsigned i = 0; i < n; i++) {
+        uint8_t *e = zp + 0x2d0 + i * 20;
+        memcpy(e, &map[i].addr, 8);
+        memcpy(e + 8, &map[i].size, 8);
+        memcpy(e + 16, &map[i].type, 4);
+    }
+    zp[0x1e8] = (uint8_t)n;
+    return 0;
+}
+
+/* ---- vmlinux: startup_64 with a zero page ---------------------------------------------------- */
+
+int vmlinux_load(struct machine *m, const uint8_t *elf, size_t len, const uint8_t *bz,
+                 const char *name, const char *how)
+{
+    struct elf_image img;
+    int rc = elf_parse(elf, len, name, &img);
+    if (rc < 0)
+        return rc;
+    if (!img.is64)
+        return vs_error(-ENOEXEC, "%s: a 32-bit ELF without a PVH note: no way to enter it", name);
+    uint64_t entry = img.elf_entry;
+    if (entry < LAYOUT_HIGH || entry >= LAYOUT_4G || !guest_mem_ptr(&m->mem, entry, 1))
+        return vs_error(-ENOEXEC,
+                        "%s: ELF entry 0x%llx is not a physical address in guest RAM below "
+                        "4 GiB (not a Linux vmlinux?)",
+                        name, (unsigned long long)entry);
+    uint64_t kernel_end;
+    if ((rc = elf_load(m, elf, name, &img, &kernel_end)) < 0)
+        return rc;
+    uint32_t cmdline_size = bz ? rd32(bz + 0x238) : 0;
+    if ((rc = boot_cmdline(m, cmdline_size ? (uint64_t)cmdline_size + 1 : LAYOUT_CMDLINE_MAX)) < 0)
+        return rc;
+    uint64_t initrd, initrd_size;
+    uint64_t limit = bz ? (uint64_t)rd32(bz + 0x22c) + 1 : 0x80000000ull;
+    if ((rc = initrd_place(m, kernel_end, limit, &initrd, &initrd_size)) < 0 ||
+        (rc = zero_page_fill(m, bz, initrd, initrd_size)) < 0)
+        return rc;
+    m->boot.is_64bit = true;
+    m->boot.entry = entry;
+    m->boot.boot_param = LAYOUT_ZERO_PAGE;
+    snprintf(m->boot.how, sizeof(m->boot.how), "%s; vmlinux 64-bit entry 0x%llx with a zero page",
+             how ? how : "ELF", (unsigned long long)entry);
+    return 0;
+}
+
 /* ---- the boot protocol ----------------------------------------------------------------------- */
 
-/* Try the PVH fast path; 0 = booted via PVH, -ENOEXEC = use the boot protocol. */
-static int try_pvh_payload(struct machine *m, const uint8_t *buf, size_t len, size_t pm_offset,
-                           const char *name)
+/* Boot the decompressed payload: through PVH when it has the note (and PVH is allowed), else
+ * through vmlinux_load. 0 = booted; -ENOEXEC = not possible, use the bzImage's own protocol
+ * (only under VMM_BOOT_AUTO: a path asked for by name fails with its reason instead). */
+static int try_payload(struct machine *m, const uint8_t *buf, size_t len, size_t pm_offset,
+                       const char *name)
 {
+    enum vmm_boot_path path = m->config->boot_path;
+    if (path == VMM_BOOT_BZIMAGE)
+        return -ENOEXEC;
+    bool forced = path != VMM_BOOT_AUTO;
     uint16_t version = rd16(buf + 0x206);
-    if (version < 0x208 || m->config->no_pvh_fastpath)
-        return -ENOEXEC;
     uint64_t off = pm_offset + rd32(buf + 0x248), plen = rd32(buf + 0x24c);
-    if (plen == 0 || off > len || plen > len - off)
-        return -ENOEXEC;
+    if (version < 0x208 || plen == 0 || off > len || plen > len - off)
+        return forced ? vs_error(-ENOEXEC,
+                                 "%s: no payload to decompress (boot protocol %u.%02u, payload "
+                                 "%llu bytes at %llu)",
+                                 name, version >> 8, version & 0xff, (unsigned long long)plen,
+                                 (unsigned long long)off)
+                      : -ENOEXEC;
     uint64_t t0 = vs_now_ns();
     uint8_t *elf;
     size_t elf_len;
     const char *format = "?";
     int rc = bzimage_decompress(buf + off, plen, &elf, &elf_len, &format);
-    if (rc < 0)
-        return -ENOEXEC; /* not fatal: the kernel can decompress itself */
-    uint64_t entry;
-    double ms = (double)(vs_now_ns() - t0) / 1e6;
-    rc = pvh_find_entry(elf, elf_len, name, &entry);
-    if (rc < 0) {
+    if (rc < 0) /* not fatal unless asked for: the kernel can decompress itself */
+        return forced ? vs_error_prefix(rc, "%s", name) : -ENOEXEC;
+    char how[96];
+    snprintf(how, sizeof(how), "%s payload decompressed on the host in %.0f ms", format,
+             (double)(vs_now_ns() - t0) / 1e6);
+    struct elf_image img;
+    rc = elf_parse(elf, elf_len, name, &img);
+    if (rc < 0 && !forced) {
         free(elf);
         vs_error_clear();
-        return -ENOEXEC; /* an ELF without the note (or not an ELF): boot protocol */
+        return -ENOEXEC; /* not an ELF: the boot protocol */
     }
-    rc = pvh_load(m, elf, elf_len, name);
+    if (rc == 0 && img.has_pvh && path != VMM_BOOT_VMLINUX) {
+        rc = pvh_load(m, elf, elf_len, name);
+        if (rc == 0)
+            snprintf(m->boot.how, sizeof(m->boot.how), "PVH fast path: %s, entry 0x%llx", how,
+                     (unsigned long long)img.entry);
+    } else if (rc == 0 && !forced &&
+               (!img.is64 || img.elf_entry < LAYOUT_HIGH || img.elf_entry >= LAYOUT_4G)) {
+        free(elf);
+        return -ENOEXEC; /* not a vmlinux we can enter: the boot protocol */
+    } else if (rc == 0 && path == VMM_BOOT_PVH) {
+        rc = vs_error(-ENOEXEC,
+                      "%s: --boot-path pvh: the payload has no PVH entry note (for Linux: "
+                      "CONFIG_PVH=y)",
+                      name);
+    } else if (rc == 0) {
+        rc = vmlinux_load(m, elf, elf_len, buf, name, how);
+    }
     free(elf);
-    if (rc < 0)
-        return rc == -ENOEXEC ? -EINVAL : rc; /* a real error (initrd too big, …) */
-    snprintf(m->boot.how, sizeof(m->boot.how),
-             "PVH fast path: %s payload decompressed on the host in %.0f ms, entry 0x%llx", format,
-             ms, (unsigned long long)entry);
-    return 0;
+    if (rc == -ENOEXEC && !forced)
+        return -EINVAL; /* a real error (initrd too big, …), not a reason to fall back */
+    return rc;
 }
 
 int bzimage_load(struct machine *m, const uint8_t *buf, size_t len, const char *name)
@@ -310,9 +414,10 @@ int bzimage_load(struct machine *m, const uint8_t *buf, size_t len, const char *
     if (pm_offset >= len)
         return vs_error(-ENOEXEC, "%s: setup_sects %u points past the end of the file", name,
                         setup_sects);
-    int rc = try_pvh_payload(m, buf, len, pm_offset, name);
-    if (rc != -ENOEXEC)
-        return rc;
+    int rc = try_payload(m, buf, len, pm_offset, name);
+    enum vmm_boot_path path = m->config->boot_path;
+    if (rc != -ENOEXEC || (path != VMM_BOOT_AUTO && path != VMM_BOOT_BZIMAGE))
+        return rc; /* booted, or failed for a reason worth reporting */
 
     uint16_t xloadflags = rd16(buf + 0x236);
     if (!(xloadflags & 1))
@@ -342,28 +447,8 @@ int bzimage_load(struct machine *m, const uint8_t *buf, size_t len, const char *
     if ((rc = initrd_place(m, load + need, limit, &initrd, &initrd_size)) < 0)
         return rc;
 
-    uint8_t *zp = guest_mem_ptr(&m->mem, LAYOUT_ZERO_PAGE, GUEST_PAGE);
-    if (!zp)
-        return vs_error(-EFAULT, "zero page outside guest memory");
-    memset(zp, 0, GUEST_PAGE);
-    size_t hdr_end = VS_MIN((size_t)0x202 + buf[0x201], (size_t)0x290);
-    memcpy(zp + 0x1f1, buf + 0x1f1, hdr_end - 0x1f1);
-    zp[0x210] = 0xff;  /* type_of_loader: undefined */
-    zp[0x211] |= 0x01; /* LOADED_HIGH */
-    memcpy(zp + 0x228, &(uint32_t){(uint32_t)LAYOUT_CMDLINE}, 4);
-    memcpy(zp + 0x218, &(uint32_t){(uint32_t)initrd}, 4);
-    memcpy(zp + 0x21c, &(uint32_t){(uint32_t)initrd_size}, 4);
-    memcpy(zp + 0x070, &m->rsdp, 8); /* acpi_rsdp_addr (protocol 2.14) */
-    struct e820_entry_host map[16];
-    unsigned n = machine_e820(m, map, VS_ARRAY_SIZE(map));
-    for (unsigned i = 0; i < n; i++) {
-        uint8_t *e = zp + 0x2d0 + i * 20;
-        memcpy(e, &map[i].addr, 8);
-        memcpy(e + 8, &map[i].size, 8);
-        memcpy(e + 16, &map[i].type, 4);
-    }
-    zp[0x1e8] = (uint8_t)n;
-
+    if ((rc = zero_page_fill(m, buf, initrd, initrd_size)) < 0)
+        return rc;
     m->boot.is_64bit = true;
     m->boot.entry = load + 0x200;
     m->boot.boot_param = LAYOUT_ZERO_PAGE;

@@ -1,7 +1,8 @@
 /*
- * lib/vmm/boot-pvh.c — PVH boot: load an ELF kernel (vmlinux, the probe guest) at its physical
- * addresses and enter it in 32-bit protected mode with paging off, EBX pointing at
- * hvm_start_info (command line, memory map, RSDP, initrd as module 0).
+ * lib/vmm/boot-pvh.c — ELF kernels. PVH boot: load an ELF kernel (vmlinux, the probe guest) at
+ * its physical addresses and enter it in 32-bit protected mode with paging off, EBX pointing at
+ * hvm_start_info (command line, memory map, RSDP, initrd as module 0). An ELF without the PVH
+ * note goes to vmlinux_load (boot-bzimage.c): the zero page and the 64-bit entry.
  *
  * The ELF is hostile input: headers, program headers and notes are read with explicit bounds
  * checks against the buffer (32- and 64-bit layouts are normalised into one struct), and every
@@ -74,6 +75,8 @@ int elf_parse(const uint8_t *buf, size_t len, const char *name, struct elf_image
         return vs_error(-ENOEXEC, "%s: ELF machine %u is not x86", name, machine);
     if (is64 && len < 64)
         return vs_error(-ENOEXEC, "%s: ELF header truncated", name);
+    img->is64 = is64;
+    img->elf_entry = is64 ? rd64(buf + 24) : rd32(buf + 24);
     uint64_t phoff = is64 ? rd64(buf + 32) : rd32(buf + 28);
     uint16_t phentsize = rd16(buf + (is64 ? 54 : 42));
     uint16_t phnum = rd16(buf + (is64 ? 56 : 44));
@@ -142,6 +145,25 @@ int pvh_find_entry(const uint8_t *buf, size_t len, const char *name, uint64_t *e
     return 0;
 }
 
+int elf_load(struct machine *m, const uint8_t *elf, const char *name, const struct elf_image *img,
+             uint64_t *end)
+{
+    *end = 0;
+    for (unsigned i = 0; i < img->count; i++) {
+        const struct elf_segment *s = &img->segments[i];
+        uint8_t *dst = guest_mem_ptr(&m->mem, s->paddr, s->memsz);
+        if (s->paddr < LAYOUT_HIGH || !dst)
+            return vs_error(-ENOEXEC, "%s: segment %u at 0x%llx+0x%llx is %s", name, i,
+                            (unsigned long long)s->paddr, (unsigned long long)s->memsz,
+                            s->paddr < LAYOUT_HIGH ? "below 1 MiB (reserved for boot data)"
+                                                   : "outside guest RAM (more --memory?)");
+        memcpy(dst, elf + s->offset, s->filesz);
+        memset(dst + s->filesz, 0, s->memsz - s->filesz);
+        *end = VS_MAX(*end, s->paddr + s->memsz);
+    }
+    return 0;
+}
+
 int pvh_load(struct machine *m, const uint8_t *elf, size_t len, const char *name)
 {
     struct elf_image img;
@@ -153,19 +175,9 @@ int pvh_load(struct machine *m, const uint8_t *elf, size_t len, const char *name
                         "%s: ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY; "
                         "for Linux: CONFIG_PVH=y)",
                         name);
-    uint64_t kernel_end = 0;
-    for (unsigned i = 0; i < img.count; i++) {
-        const struct elf_segment *s = &img.segments[i];
-        uint8_t *dst = guest_mem_ptr(&m->mem, s->paddr, s->memsz);
-        if (s->paddr < LAYOUT_HIGH || !dst)
-            return vs_error(-ENOEXEC, "%s: segment %u at 0x%llx+0x%llx is %s", name, i,
-                            (unsigned long long)s->paddr, (unsigned long long)s->memsz,
-                            s->paddr < LAYOUT_HIGH ? "below 1 MiB (reserved for boot data)"
-                                                   : "outside guest RAM (more --memory?)");
-        memcpy(dst, elf + s->offset, s->filesz);
-        memset(dst + s->filesz, 0, s->memsz - s->filesz);
-        kernel_end = VS_MAX(kernel_end, s->paddr + s->memsz);
-    }
+    uint64_t kernel_end;
+    if ((rc = elf_load(m, elf, name, &img, &kernel_end)) < 0)
+        return rc;
     if (img.entry >= LAYOUT_4G || !guest_mem_ptr(&m->mem, img.entry, 1))
         return vs_error(-ENOEXEC, "%s: PVH entry 0x%llx is not in guest RAM below 4 GiB", name,
                         (unsigned long long)img.entry);

@@ -171,12 +171,21 @@ int boot_load(struct machine *m)
     rc = boot_read_file(path, VS_MIN(m->mem.ram_size, 1024 * MIB), &buf, &len);
     if (rc < 0)
         return vs_error_prefix(rc, "--kernel");
+    enum vmm_boot_path how = m->config->boot_path;
     if (len >= 4 && memcmp(buf,
                            "\x7f"
                            "ELF",
-                           4) == 0)
-        rc = pvh_load(m, buf, len, base_name(path));
-    else if (bzimage_probe(buf, len))
+                           4) == 0) {
+        struct elf_image img;
+        rc = elf_parse(buf, len, base_name(path), &img);
+        if (rc == 0 && how == VMM_BOOT_BZIMAGE)
+            rc = vs_error(-EINVAL, "--boot-path bzimage: %s is an ELF, not a bzImage",
+                          base_name(path));
+        else if (rc == 0 && ((img.has_pvh && how != VMM_BOOT_VMLINUX) || how == VMM_BOOT_PVH))
+            rc = pvh_load(m, buf, len, base_name(path));
+        else if (rc == 0)
+            rc = vmlinux_load(m, buf, len, NULL, base_name(path), NULL);
+    } else if (bzimage_probe(buf, len))
         rc = bzimage_load(m, buf, len, base_name(path));
     else
         rc = vs_error(-ENOEXEC,

@@ -46,6 +46,8 @@ struct elf_segment {
 struct elf_image {
     uint64_t entry; /* PVH entry (0 when no note) */
     bool has_pvh;
+    bool is64;          /* ELFCLASS64 */
+    uint64_t elf_entry; /* e_entry: for a Linux vmlinux, the physical address of startup_64 */
     unsigned count;
     struct elf_segment segments[32];
 };
@@ -54,6 +56,14 @@ struct elf_image {
  * checked against LEN; NAME prefixes errors. */
 int elf_parse(const uint8_t *buf, size_t len, const char *name, struct elf_image *img);
 
+/* Copy IMG's PT_LOAD segments into guest RAM (each above the first MiB); *END = highest end. */
+int elf_load(struct machine *m, const uint8_t *elf, const char *name, const struct elf_image *img,
+             uint64_t *end);
+/* Load a Linux vmlinux ELF and enter its startup_64 in long mode with a zero page, as Linux's
+ * own decompressor does. BZ: the bzImage it came from (its setup header goes into the zero
+ * page), or NULL for a bare vmlinux (a minimal header is made up). */
+int vmlinux_load(struct machine *m, const uint8_t *elf, size_t len, const uint8_t *bz,
+                 const char *name, const char *how);
 bool bzimage_probe(const uint8_t *buf, size_t len);
 int bzimage_load(struct machine *m, const uint8_t *buf, size_t len, const char *name);
 

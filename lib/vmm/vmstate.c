@@ -303,7 +303,7 @@ void vmstate_config_write(struct vmstate_writer *w, const struct vmm_config *c,
     vmw_str(w, c->cmdline);
     vmw_str(w, c->cpuid_mask);
     vmw_str(w, c->vconsole);
-    vmw_u8(w, c->no_pvh_fastpath);
+    vmw_u8(w, (uint8_t)c->boot_path);
     vmw_u8(w, c->restart_on_reboot);
     vmw_u8(w, c->rng);
     vmw_u8(w, c->balloon);
@@ -353,7 +353,9 @@ static int config_parse(struct vmstate_file *f, const struct vmstate_section *s,
     c->cmdline = take_str(f, &r);
     c->cpuid_mask = take_str(f, &r);
     c->vconsole = take_str(f, &r);
-    c->no_pvh_fastpath = vmr_bool(&r);
+    uint8_t boot_path = vmr_u8(&r);
+    vmr_check(&r, boot_path <= VMM_BOOT_VMLINUX);
+    c->boot_path = (enum vmm_boot_path)boot_path;
     c->restart_on_reboot = vmr_bool(&r);
     c->rng = vmr_bool(&r);
     c->balloon = vmr_bool(&r);

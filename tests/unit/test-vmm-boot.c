@@ -108,6 +108,68 @@ TEST(elf_without_note)
     CHECK(pvh_find_entry(b, len, "k", &entry) == -ENOEXEC);
 }
 
+/* A bare vmlinux (an ELF64 without the PVH note) goes through the zero page: segments at their
+ * physical addresses, a made-up 2.15 setup header, command line, E820, entered at e_entry. */
+TEST(vmlinux_zero_page)
+{
+    uint8_t b[512];
+    size_t len = make_elf(b, sizeof(b), 0x100000);
+    memcpy(b + 284, "Lin", 4); /* no PVH note */
+    for (int i = 0; i < 16; i++)
+        b[256 + i] = (uint8_t)(0xa0 + i); /* the segment's bytes */
+    uint64_t e_entry = 0x100008;
+    memcpy(b + 24, &e_entry, 8);
+    static struct vmm_config cfg = {.cmdline = "console=ttyS0 vessel.test=1"};
+    struct machine m;
+    memset(&m, 0, sizeof(m));
+    m.config = &cfg;
+    uint8_t *ram = calloc(1, 32 * MIB);
+    CHECK(ram != NULL);
+    m.mem.regions[0] = (struct mem_region){0, 32 * MIB, ram};
+    m.mem.count = 1;
+    m.mem.ram_size = 32 * MIB;
+    m.rsdp = 0xe0000;
+    memset(ram + 0x100000, 0xee, 64); /* must be overwritten: 16 bytes data, 16 zeroed */
+    CHECK_OK(vmlinux_load(&m, b, len, NULL, "vmlinux", NULL));
+    CHECK(m.boot.is_64bit && m.boot.entry == 0x100008 && m.boot.boot_param == LAYOUT_ZERO_PAGE);
+    CHECK(memcmp(ram + 0x100000, b + 256, 16) == 0);
+    for (int i = 16; i < 32; i++)
+        CHECK(ram[0x100000 + i] == 0);
+    CHECK(ram[0x100000 + 32] == 0xee); /* past p_memsz: untouched */
+    const uint8_t *zp = ram + LAYOUT_ZERO_PAGE;
+    uint16_t flag, version;
+    uint32_t cmd_ptr;
+    uint64_t rsdp;
+    memcpy(&flag, zp + 0x1fe, 2);
+    memcpy(&version, zp + 0x206, 2);
+    memcpy(&cmd_ptr, zp + 0x228, 4);
+    memcpy(&rsdp, zp + 0x70, 8);
+    CHECK(flag == 0xaa55 && memcmp(zp + 0x202, "HdrS", 4) == 0 && version == 0x020f);
+    CHECK(zp[0x210] == 0xff && (zp[0x211] & 1) && rsdp == 0xe0000);
+    CHECK(cmd_ptr == LAYOUT_CMDLINE && strcmp((char *)ram + cmd_ptr, cfg.cmdline) == 0);
+    CHECK(zp[0x1e8] >= 2); /* E820: low RAM, reserved areas, RAM above 1 MiB */
+    uint64_t last_addr, last_size;
+    uint32_t last_type;
+    const uint8_t *e = zp + 0x2d0 + (zp[0x1e8] - 1) * 20;
+    memcpy(&last_addr, e, 8);
+    memcpy(&last_size, e + 8, 8);
+    memcpy(&last_type, e + 16, 4);
+    CHECK(last_addr == LAYOUT_HIGH && last_addr + last_size == 32 * MIB && last_type == 1);
+
+    /* an entry that is a virtual address (not a vmlinux) or a segment outside RAM is refused */
+    e_entry = 0xffffffff81000000ull;
+    memcpy(b + 24, &e_entry, 8);
+    CHECK(vmlinux_load(&m, b, len, NULL, "virt.elf", NULL) == -ENOEXEC);
+    CHECK(strstr(vs_error_message(), "virt.elf") && strstr(vs_error_message(), "entry"));
+    e_entry = 0x100000;
+    memcpy(b + 24, &e_entry, 8);
+    uint64_t far = 64 * MIB;
+    memcpy(b + 64 + 24, &far, 8);
+    CHECK(vmlinux_load(&m, b, len, NULL, "far.elf", NULL) == -ENOEXEC);
+    CHECK(strstr(vs_error_message(), "outside guest RAM") != NULL);
+    free(ram);
+}
+
 /* ---- bzImage payloads ------------------------------------------------------------------------ */
 
 static uint8_t *test_payload(size_t *len)
