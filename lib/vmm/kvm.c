@@ -232,17 +232,24 @@ static void *vm_setup_thread(void *arg)
     return NULL;
 }
 
-/* The memory slots on a second thread: their grace period overlaps the irqchip's. The CPUID
- * table (KVM_GET_SUPPORTED_CPUID, ~0.5 ms) follows on the same thread, off the main thread's
- * path; only the vCPUs need it. Error messages are per thread, so a failure is redone on the
- * main thread by machine_vm_ready to get its message. */
+/* The memory slots on a second thread: their grace period overlaps the irqchip's. Error
+ * messages are per thread, so a failure is redone on the main thread by machine_vm_ready to get
+ * its message. */
 static void *vm_memory_thread(void *arg)
 {
     struct machine *m = arg;
     if ((m->memory_rc = memory_register(m)) < 0)
         m->memory_step = "KVM_SET_USER_MEMORY_REGION";
-    else
-        m->cpuid_rc = cpuid_setup(m);
+    return NULL;
+}
+
+/* The CPUID table on a third, started before the VM exists: KVM_GET_SUPPORTED_CPUID needs only
+ * /dev/kvm and costs ~1 ms where CPUID instructions trap (a nested host), longer than anything
+ * else before the vCPUs, which are the only ones to need it. */
+static void *vm_cpuid_thread(void *arg)
+{
+    struct machine *m = arg;
+    m->cpuid_rc = cpuid_setup(m);
     return NULL;
 }
 
@@ -252,7 +259,9 @@ static int machine_vm_ready(struct machine *m)
         pthread_join(m->memory_thread, NULL);
     if (m->setup_started)
         pthread_join(m->setup_thread, NULL);
-    m->setup_started = m->memory_started = false;
+    if (m->cpuid_started)
+        pthread_join(m->cpuid_thread, NULL);
+    m->setup_started = m->memory_started = m->cpuid_started = false;
     if (m->setup_rc < 0)
         return vs_error_errno(m->setup_rc, "%s", m->setup_step);
     if (m->memory_rc < 0)
@@ -270,6 +279,10 @@ static int machine_vm_ready(struct machine *m)
 
 static int vm_setup(struct machine *m)
 {
+    if (pthread_create(&m->cpuid_thread, NULL, vm_cpuid_thread, m) == 0)
+        m->cpuid_started = true;
+    else
+        vm_cpuid_thread(m);
     m->vm_fd = ioctl(m->kvm_fd, KVM_CREATE_VM, 0);
     if (m->vm_fd < 0)
         return vs_error_errno(-errno, "/dev/kvm: KVM_CREATE_VM");
@@ -326,14 +339,20 @@ static void set_msrs(struct vcpu *v)
     e[n++].data = 1;
     e[n].index = 0x2ff; /* MTRRdefType: MTRRs on, default write-back */
     e[n++].data = (1 << 11) | 6;
-    /* Set one at a time: a KVM that refuses one MSR (PVM) must not lose the others. The header
-     * and its one entry share an aligned buffer (struct kvm_msrs ends in a flexible array). */
-    for (unsigned i = 0; i < n; i++) {
-        uint64_t buf[(sizeof(struct kvm_msrs) + sizeof(struct kvm_msr_entry)) / 8 + 1] = {0};
-        struct kvm_msrs *one = (struct kvm_msrs *)buf;
-        one->nmsrs = 1;
-        one->entries[0] = e[i];
-        ioctl(v->fd, KVM_SET_MSRS, one);
+    /* KVM_SET_MSRS stops at the first MSR it refuses and returns how many it set: a KVM that
+     * refuses one (PVM) must not lose the others, so go on after it. One call when all are taken.
+     * The header and the entries share an aligned buffer (struct kvm_msrs ends in a flexible
+     * array). */
+    uint64_t buf[(sizeof(struct kvm_msrs) + sizeof(e)) / 8 + 1];
+    struct kvm_msrs *msrs = (struct kvm_msrs *)buf;
+    for (unsigned i = 0; i < n;) {
+        memset(buf, 0, sizeof(buf));
+        msrs->nmsrs = n - i;
+        memcpy(msrs->entries, e + i, (n - i) * sizeof(e[0]));
+        int done = ioctl(v->fd, KVM_SET_MSRS, msrs);
+        i += done > 0 ? (unsigned)done : 0;
+        if (i < n)
+            i++; /* the refused one */
     }
 }
 

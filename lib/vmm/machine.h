@@ -178,11 +178,13 @@ struct machine {
     bool setup_started;
     int setup_rc;
     const char *setup_step;
-    pthread_t memory_thread; /* memory slots, then the CPUID table */
+    pthread_t memory_thread; /* memory slots */
     bool memory_started;
+    pthread_t cpuid_thread; /* the CPUID table, from before KVM_CREATE_VM */
+    bool cpuid_started;
     int memory_rc;
     const char *memory_step;
-    int cpuid_rc; /* cpuid_setup, run on the memory thread */
+    int cpuid_rc; /* cpuid_setup, run on the CPUID thread */
 
     pthread_mutex_t lock; /* state, stop request */
     pthread_cond_t cond;
