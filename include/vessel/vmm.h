@@ -123,6 +123,8 @@ int vmm_restore(struct vmm **out, const char *path, const struct vmm_restore_opt
 const char *vmm_state_name(struct vmm *vmm);
 /* The boot path taken ("PVH fast path: lz4 payload …"). */
 const char *vmm_boot_description(struct vmm *vmm);
+/* Why the VMM paused the VM by itself (a full host disk: free space, then resume), or "". */
+void vmm_pause_reason(struct vmm *vmm, char *buf, size_t size);
 
 /* Milliseconds from vmm_create's start to the guest's first serial byte (0 = none yet). */
 double vmm_first_output_ms(const struct vmm *vmm);

@@ -88,6 +88,10 @@ static json_object *handle(struct control *c, const char *line)
     if (done) {
     } else if (strcmp(cmd, "status") == 0) {
         json_object_object_add(r, "state", json_object_new_string(vmm_state_name(v)));
+        char reason[256];
+        vmm_pause_reason(v, reason, sizeof(reason));
+        if (reason[0])
+            json_object_object_add(r, "reason", json_object_new_string(reason));
         json_object_object_add(r, "boot", json_object_new_string(vmm_boot_description(v)));
         json_object_object_add(r, "vcpus", json_object_new_int((int)v->config.cpus));
         json_object_object_add(r, "memory", json_object_new_int64((int64_t)v->config.memory));

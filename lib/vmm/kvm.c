@@ -56,7 +56,7 @@ int machine_add_device(struct machine *m, const char *name, void *state, void (*
     if (!d)
         return vs_error(-ENOMEM, "%s: out of memory", name);
     m->devices = d;
-    d[m->device_count++] = (struct device){name, state, destroy, stats, NULL, NULL};
+    d[m->device_count++] = (struct device){name, state, destroy, stats, NULL, NULL, NULL};
     return 0;
 }
 
@@ -68,6 +68,13 @@ void machine_device_persist(struct machine *m, void *state, const struct device_
             m->devices[i].persist = persist;
             m->devices[i].persist_opaque = opaque;
         }
+}
+
+void machine_device_on_resume(struct machine *m, void *state, void (*resumed)(void *state))
+{
+    for (size_t i = 0; i < m->device_count; i++)
+        if (m->devices[i].state == state)
+            m->devices[i].resumed = resumed;
 }
 
 void json_stats_add(void *json, const char *device, ...)
@@ -815,11 +822,36 @@ int machine_pause(struct machine *m)
 int machine_resume(struct machine *m)
 {
     pthread_mutex_lock(&m->lock);
-    if (m->state == MACHINE_PAUSED)
+    bool resumed = m->state == MACHINE_PAUSED;
+    if (resumed) {
         m->state = MACHINE_RUNNING;
+        m->pause_reason[0] = 0;
+    }
     pthread_cond_broadcast(&m->cond);
     pthread_mutex_unlock(&m->lock);
+    for (size_t i = 0; resumed && i < m->device_count; i++)
+        if (m->devices[i].resumed)
+            m->devices[i].resumed(m->devices[i].state);
     return 0;
+}
+
+void machine_pause_for(struct machine *m, const char *reason)
+{
+    pthread_mutex_lock(&m->lock);
+    bool said = !strcmp(m->pause_reason, reason);
+    if (m->state != MACHINE_STOPPING)
+        snprintf(m->pause_reason, sizeof(m->pause_reason), "%s", reason);
+    pthread_mutex_unlock(&m->lock);
+    if (!said)
+        vs_warn("VM paused: %s", reason);
+    machine_pause(m); /* a VM already stopping stays so: nothing to wait for */
+}
+
+void machine_pause_reason(struct machine *m, char *buf, size_t size)
+{
+    pthread_mutex_lock(&m->lock);
+    snprintf(buf, size, "%s", m->pause_reason);
+    pthread_mutex_unlock(&m->lock);
 }
 
 static int machine_build(struct machine *m, const struct vmm_config *config,

@@ -153,6 +153,7 @@ struct device {
     void (*stats)(void *state, void *json_object);
     const struct device_persist *persist;
     void *persist_opaque;
+    void (*resumed)(void *state); /* the VM runs again after a pause (optional) */
 };
 
 struct boot_info {
@@ -189,6 +190,7 @@ struct machine {
     pthread_mutex_t lock; /* state, stop request */
     pthread_cond_t cond;
     enum machine_state state;
+    char pause_reason[256]; /* why the VMM paused the VM itself (a full host disk); "" otherwise */
     unsigned vcpus_paused;
     bool stop_requested;
     struct vmm_result result;
@@ -224,9 +226,18 @@ void machine_msi(struct machine *m, uint64_t address, uint32_t data);
 /* Ask all vCPUs to stop with REASON (first request wins). Safe from any thread. */
 void machine_request_stop(struct machine *m, enum vmm_exit_reason reason, unsigned code,
                           const char *detail);
-/* Pause/resume every vCPU; pause returns once all are out of KVM_RUN. */
+/* Pause/resume every vCPU; pause returns once all are out of KVM_RUN. Resume clears the pause
+ * reason and then calls every device's resumed hook. */
 int machine_pause(struct machine *m);
 int machine_resume(struct machine *m);
+/* A device can't go on until the host does something (a full disk): pause the VM with REASON
+ * (kept for the status until resume) and say so once on stderr. Call it holding no device lock:
+ * it waits for the vCPUs. */
+void machine_pause_for(struct machine *m, const char *reason);
+/* Copy the pause reason into BUF ("" when none). */
+void machine_pause_reason(struct machine *m, char *buf, size_t size);
+/* Give the device whose state is STATE a hook called after each resume. */
+void machine_device_on_resume(struct machine *m, void *state, void (*resumed)(void *state));
 
 /* ---- boot (boot-pvh.c, boot-bzimage.c, acpi.c, cpuid.c) -------------------------------------- */
 

@@ -7,6 +7,12 @@
  * completes them and interrupts the driver. A chain that breaks the ring rules stops the queue
  * (DEVICE_NEEDS_RESET) but never the VMM; a request that is merely wrong (bad sector, short
  * buffers, unknown type) completes with an error status.
+ *
+ * A full host disk is not the guest's error: a write, write-zeroes or flush that fails with
+ * ENOSPC or EDQUOT is given back to the ring (virtq_unpop) instead of failing, the queue stops
+ * and the VM is paused with the reason in its status. Resuming retries that request first; a disk
+ * still full pauses again. The image is never left half-written: the request is redone whole, and
+ * the image engine's allocations are all-or-nothing.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -36,6 +42,7 @@
 #define S_OK           0
 #define S_IOERR        1
 #define S_UNSUPP       2
+#define S_FULL         0xff /* internal: the host disk is full, retry after resume */
 
 #define QUEUE_SIZE 256
 /* How long the worker watches a dry ring before it sleeps and asks for kicks again. */
@@ -56,6 +63,7 @@ struct blk {
     bool worker_started;
     pthread_mutex_t lock; /* held by the worker while it touches the queue; reset waits on it */
     bool parked;          /* save in progress: leave the queue alone */
+    bool stalled;         /* a request hit a full host disk: wait for resume */
     struct virtq_chain *chain;
     _Atomic uint64_t reads, writes, flushes, discards, write_zeroes, bytes_read, bytes_written,
         errors, requests;
@@ -105,6 +113,11 @@ static uint8_t range_ok(struct blk *b, uint64_t sector, uint64_t bytes)
     return sector <= b->capacity && bytes <= b->capacity * 512 && end <= b->capacity * 512;
 }
 
+static bool host_full(int rc)
+{
+    return rc == -ENOSPC || rc == -EDQUOT;
+}
+
 static uint8_t do_discard_zeroes(struct blk *b, struct virtq_chain *c, bool zeroes)
 {
     uint64_t bytes = c->readable - 16;
@@ -126,6 +139,8 @@ static uint8_t do_discard_zeroes(struct blk *b, struct virtq_chain *c, bool zero
         int rc = zeroes ? img_write_zeroes(b->img, sector * 512, (uint64_t)num * 512,
                                            (flags & 1) ? IMG_ZERO_MAY_UNMAP : 0)
                         : img_discard(b->img, sector * 512, (uint64_t)num * 512);
+        if (zeroes && host_full(rc))
+            return S_FULL;
         if (rc < 0 && !(rc == -ENOTSUP && !zeroes))
             return S_IOERR;
     }
@@ -136,8 +151,9 @@ static uint8_t do_discard_zeroes(struct blk *b, struct virtq_chain *c, bool zero
     return S_OK;
 }
 
-/* Handle one request; returns bytes written into the chain (data + status). */
-static uint32_t blk_request(struct blk *b, struct virtq_chain *c)
+/* Handle one request; returns bytes written into the chain (data + status). *FULL: the host disk
+ * is full, nothing was reported to the guest and the request must be retried later. */
+static uint32_t blk_request(struct blk *b, struct virtq_chain *c, bool *full)
 {
     uint8_t hdr[16];
     struct virtq_seg *last = c->count ? &c->segs[c->count - 1] : NULL;
@@ -174,6 +190,8 @@ static uint32_t blk_request(struct blk *b, struct virtq_chain *c)
             break;
         }
         rc = for_each_data(c, false, data_out, do_write, b, sector * 512);
+        if ((*full = host_full(rc)))
+            return 0;
         st = rc < 0 ? S_IOERR : S_OK;
         if (rc == 0) {
             b->writes++;
@@ -181,7 +199,10 @@ static uint32_t blk_request(struct blk *b, struct virtq_chain *c)
         }
         break;
     case T_FLUSH:
-        st = b->readonly || img_flush(b->img) == 0 ? S_OK : S_IOERR;
+        rc = b->readonly ? 0 : img_flush(b->img);
+        if ((*full = host_full(rc)))
+            return 0;
+        st = rc == 0 ? S_OK : S_IOERR;
         b->flushes++;
         break;
     case T_GET_ID: {
@@ -206,6 +227,8 @@ static uint32_t blk_request(struct blk *b, struct virtq_chain *c)
         break;
     case T_WRITE_ZEROES:
         st = c->readable < 16 ? S_IOERR : do_discard_zeroes(b, c, true);
+        if ((*full = st == S_FULL))
+            return 0;
         break;
     default:
         st = S_UNSUPP;
@@ -235,16 +258,34 @@ static void blk_process(struct blk *b)
         pthread_mutex_lock(&b->lock);
         struct virtq *q = virtio_pci_queue(b->vp, 0);
         /* kicks may arrive through the ioeventfd before the queue is enabled: check ready */
-        if (b->parked || !q->ready || q->broken) {
+        if (b->parked || b->stalled || !q->ready || q->broken) {
             pthread_mutex_unlock(&b->lock);
             return;
         }
         virtq_set_notify(q, false);
-        bool any = false, sleep = false;
+        bool any = false, sleep = false, full = false;
         int rc;
         while ((rc = virtq_pop(q, b->chain)) > 0) {
-            virtq_push(q, b->chain->head, blk_request(b, b->chain));
+            uint32_t len = blk_request(b, b->chain, &full);
+            if (full) {
+                virtq_unpop(q); /* back to the ring, for the retry after resume */
+                b->stalled = true;
+                break;
+            }
+            virtq_push(q, b->chain->head, len);
             any = true;
+        }
+        if (full) {
+            pthread_mutex_unlock(&b->lock);
+            if (any)
+                virtio_pci_interrupt(b->vp, 0);
+            char reason[240];
+            snprintf(reason, sizeof(reason),
+                     "host disk full writing %s (no space or quota left): free space, then resume "
+                     "the VM",
+                     b->path);
+            machine_pause_for(b->machine, reason);
+            return;
         }
         if (rc == 0 && !any) {
             uint64_t now = blk_now_ns();
@@ -254,8 +295,8 @@ static void blk_process(struct blk *b)
                 virtq_set_notify(q, true);
                 rc = virtq_pop(q, b->chain);
                 if (rc > 0) {
-                    virtq_push(q, b->chain->head, blk_request(b, b->chain));
-                    any = true;
+                    virtq_unpop(q); /* go round again: the loop above serves it */
+                    dry_since = 0;
                 } else {
                     sleep = true;
                 }
@@ -306,6 +347,18 @@ static void blk_reset(void *opaque)
 }
 
 static void blk_destroy(void *opaque);
+
+/* After a resume: a request that found the host disk full is tried again. */
+static void blk_resumed(void *opaque)
+{
+    struct blk *b = opaque;
+    pthread_mutex_lock(&b->lock);
+    bool retry = b->stalled;
+    b->stalled = false;
+    pthread_mutex_unlock(&b->lock);
+    if (retry)
+        virtio_wake(b->kick_fd);
+}
 
 static void blk_park(void *opaque, bool hold)
 {
@@ -396,6 +449,7 @@ int virtio_blk_create(struct machine *m, const struct vmm_disk_config *disk)
         blk_destroy(b);
         return rc;
     }
+    machine_device_on_resume(m, b, blk_resumed);
     if (!b->path || !b->chain)
         return -ENOMEM;
     rc = img_open(&b->img, disk->path, disk->format, disk->readonly ? 0 : IMG_OPEN_RDWR);

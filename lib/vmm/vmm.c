@@ -244,6 +244,16 @@ const char *vmm_state_name(struct vmm *v)
     return name;
 }
 
+void vmm_pause_reason(struct vmm *v, char *buf, size_t size)
+{
+    pthread_mutex_lock(&v->machine_lock);
+    if (v->machine)
+        machine_pause_reason(v->machine, buf, size);
+    else if (size)
+        buf[0] = 0;
+    pthread_mutex_unlock(&v->machine_lock);
+}
+
 const char *vmm_boot_description(struct vmm *v)
 {
     return v->machine ? v->machine->boot.how : "";
