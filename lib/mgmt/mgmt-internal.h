@@ -29,6 +29,12 @@ struct mgmt_vm_runtime {
     bool stop_requested;       /* destroy/shutdown asked: no policy on this exit */
     uint64_t transitions;      /* bumped on every state change (waiters compare) */
     uint64_t restart_times[5]; /* crash-loop guard: the last policy restarts */
+    /* The monitor thread's own (no lock): a {"cmd":"watch"} connection to the running VMM, which
+     * says when the VMM paused the VM by itself (a full host disk); -1 when none. */
+    int watch_fd;
+    uint64_t watch_retry_ns;
+    size_t watch_len;
+    char watch_buf[2048];
     struct mgmt_vm_runtime *next;
 };
 

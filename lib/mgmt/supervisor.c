@@ -19,6 +19,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,7 @@ struct mgmt_vm_runtime *mgmt_vm_runtime_get(struct mgmt_daemon *d, const char *n
         pthread_condattr_destroy(&ca);
         strcpy(rt->state, "shutoff");
         rt->keeper_pidfd = -1;
+        rt->watch_fd = -1;
         rt->next = d->vms;
         d->vms = rt;
     }
@@ -1039,22 +1042,111 @@ static void handle_exit_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt
     runtime_set(d, rt, "shutoff", code, msg, false);
 }
 
+/* ---- watching a VMM for the pauses it makes by itself ------------------------------------------
+ */
+
+static void watch_close(struct mgmt_vm_runtime *rt)
+{
+    if (rt->watch_fd >= 0)
+        close(rt->watch_fd);
+    rt->watch_fd = -1;
+    rt->watch_len = 0;
+}
+
+/* Connect to a live VM's control socket and ask to be told of its pauses (at most once a second
+ * per VM while it fails: the socket appears only once the VMM runs). */
+static void watch_open(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
+{
+    uint64_t now = vs_now_ns();
+    if (now < rt->watch_retry_ns)
+        return;
+    rt->watch_retry_ns = now + 1000000000ull;
+    char api[PATH_MAX];
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (mgmt_run_path(d, rt->name, "api.sock", api, sizeof(api)) ||
+        strlen(api) >= sizeof(addr.sun_path))
+        return;
+    strcpy(addr.sun_path, api);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    static const char req[] = "{\"cmd\":\"watch\"}\n";
+    if (fd < 0)
+        return;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
+        send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)sizeof(req) - 1) {
+        close(fd);
+        return;
+    }
+    rt->watch_fd = fd;
+    rt->watch_len = 0;
+}
+
+/* A line from the VMM: the answer to "watch" or a state event, both {"state":…[,"reason":…]}. A
+ * pause with a reason is the VMM's own (a full host disk): record it, reason as the detail. Pauses
+ * and resumes the daemon asked for are recorded by the API path that asked. */
+static void watch_line(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *line)
+{
+    json_object *o = json_tokener_parse(line), *state, *reason;
+    if (o && json_object_object_get_ex(o, "state", &state) &&
+        json_object_object_get_ex(o, "reason", &reason) &&
+        !strcmp(json_object_get_string(state), "paused")) {
+        pthread_mutex_lock(&rt->lock);
+        if (rt->keeper_pidfd >= 0 && !strcmp(rt->state, "running"))
+            runtime_set(d, rt, "paused", -1, json_object_get_string(reason), false);
+        pthread_mutex_unlock(&rt->lock);
+    }
+    json_object_put(o);
+}
+
+static void watch_input(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
+{
+    ssize_t n = read(rt->watch_fd, rt->watch_buf + rt->watch_len,
+                     sizeof(rt->watch_buf) - 1 - rt->watch_len);
+    if (n <= 0) {
+        if (n == 0 || (errno != EAGAIN && errno != EINTR))
+            watch_close(rt); /* the VMM ended (its keeper tells how) or hung up */
+        return;
+    }
+    rt->watch_len += (size_t)n;
+    rt->watch_buf[rt->watch_len] = 0;
+    char *start = rt->watch_buf, *nl;
+    while ((nl = strchr(start, '\n'))) {
+        *nl = 0;
+        watch_line(d, rt, start);
+        start = nl + 1;
+    }
+    rt->watch_len -= (size_t)(start - rt->watch_buf);
+    memmove(rt->watch_buf, start, rt->watch_len);
+    if (rt->watch_len == sizeof(rt->watch_buf) - 1)
+        watch_close(rt); /* no line ever this long: not our VMM */
+}
+
 void *mgmt_monitor_thread(void *arg)
 {
     struct mgmt_daemon *d = arg;
     while (!atomic_load(&d->stopping)) {
-        struct pollfd fds[1024];
-        struct mgmt_vm_runtime *owners[1024];
+        struct pollfd fds[2048];
+        struct mgmt_vm_runtime *owners[2048];
+        bool is_watch[2048];
         size_t n = 1;
         fds[0] = (struct pollfd){.fd = d->monitor_wake[0], .events = POLLIN};
         pthread_mutex_lock(&d->vms_lock);
-        for (struct mgmt_vm_runtime *rt = d->vms; rt && n < VS_ARRAY_SIZE(fds); rt = rt->next) {
+        for (struct mgmt_vm_runtime *rt = d->vms; rt && n + 1 < VS_ARRAY_SIZE(fds); rt = rt->next) {
             /* keeper_pidfd is only changed under rt->lock; a stale read is harmless: the
              * handler below re-checks it */
             int fd = __atomic_load_n(&rt->keeper_pidfd, __ATOMIC_RELAXED);
             if (fd >= 0) {
                 fds[n] = (struct pollfd){.fd = fd, .events = POLLIN};
+                is_watch[n] = false;
                 owners[n++] = rt;
+                if (rt->watch_fd < 0)
+                    watch_open(d, rt);
+                if (rt->watch_fd >= 0) {
+                    fds[n] = (struct pollfd){.fd = rt->watch_fd, .events = POLLIN};
+                    is_watch[n] = true;
+                    owners[n++] = rt;
+                }
+            } else if (rt->watch_fd >= 0) {
+                watch_close(rt);
             }
         }
         pthread_mutex_unlock(&d->vms_lock);
@@ -1067,7 +1159,11 @@ void *mgmt_monitor_thread(void *arg)
             (void)ignored;
         }
         for (size_t i = 1; i < n; i++) {
-            if (!fds[i].revents)
+            if (fds[i].revents && is_watch[i])
+                watch_input(d, owners[i]);
+        }
+        for (size_t i = 1; i < n; i++) {
+            if (!fds[i].revents || is_watch[i])
                 continue;
             struct mgmt_vm_runtime *rt = owners[i];
             pthread_mutex_lock(&rt->lock);

@@ -4,9 +4,12 @@
  * Each request is one line holding a JSON object {"cmd": NAME}; each answer is one line,
  * {"ok": true, …} or {"ok": false, "error": MESSAGE}. Commands: status, pause, resume,
  * powerbutton (ACPI power button: the guest shuts itself down), poweroff, reset, ctrl-alt-del,
- * balloon (set the balloon target), stats, save (write the VM to a state file and stop it). One
- * thread polls the listening socket, every client and a wake pipe; requests go through vmm_request,
- * so the socket can never do what a signal or the library caller couldn't.
+ * balloon (set the balloon target), stats, save (write the VM to a state file and stop it), and
+ * watch: the client stays and gets {"event":"state","state":…[,"reason":…]} after every pause and
+ * resume — how the daemon learns that the VMM paused the VM by itself (a full host disk). One
+ * thread polls the listening socket, every client, the vmm's state eventfd and a wake pipe;
+ * requests go through vmm_request, so the socket can never do what a signal or the library caller
+ * couldn't.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +30,7 @@
 
 struct client {
     int fd;
+    bool watch; /* sent "watch": gets a state event after every pause/resume */
     char buf[LINE_MAX_BYTES];
     size_t len;
 };
@@ -49,7 +53,17 @@ static json_object *reply_error(const char *msg)
     return r;
 }
 
-static json_object *handle(struct control *c, const char *line)
+/* "state" and, when the VMM paused the VM by itself, "reason". */
+static void add_state(struct vmm *v, json_object *r)
+{
+    json_object_object_add(r, "state", json_object_new_string(vmm_state_name(v)));
+    char reason[256];
+    vmm_pause_reason(v, reason, sizeof(reason));
+    if (reason[0])
+        json_object_object_add(r, "reason", json_object_new_string(reason));
+}
+
+static json_object *handle(struct control *c, struct client *cl, const char *line)
 {
     json_object *req = json_tokener_parse(line);
     json_object *cmd_obj;
@@ -86,12 +100,11 @@ static json_object *handle(struct control *c, const char *line)
         }
     }
     if (done) {
+    } else if (strcmp(cmd, "watch") == 0) {
+        cl->watch = true;
+        add_state(v, r);
     } else if (strcmp(cmd, "status") == 0) {
-        json_object_object_add(r, "state", json_object_new_string(vmm_state_name(v)));
-        char reason[256];
-        vmm_pause_reason(v, reason, sizeof(reason));
-        if (reason[0])
-            json_object_object_add(r, "reason", json_object_new_string(reason));
+        add_state(v, r);
         json_object_object_add(r, "boot", json_object_new_string(vmm_boot_description(v)));
         json_object_object_add(r, "vcpus", json_object_new_int((int)v->config.cpus));
         json_object_object_add(r, "memory", json_object_new_int64((int64_t)v->config.memory));
@@ -148,7 +161,7 @@ static json_object *handle(struct control *c, const char *line)
         char msg[200];
         snprintf(msg, sizeof(msg),
                  "unknown command '%.40s' (status, pause, resume, powerbutton, "
-                 "poweroff, reset, ctrl-alt-del, balloon, stats, save)",
+                 "poweroff, reset, ctrl-alt-del, balloon, stats, save, watch)",
                  cmd);
         r = reply_error(msg);
     }
@@ -161,6 +174,25 @@ static void client_close(struct client *cl)
     close(cl->fd);
     cl->fd = -1;
     cl->len = 0;
+    cl->watch = false;
+}
+
+/* The VM paused or resumed: tell every watcher. */
+static void state_event(struct control *c)
+{
+    json_object *e = json_object_new_object();
+    json_object_object_add(e, "event", json_object_new_string("state"));
+    add_state(c->vmm, e);
+    const char *text = json_object_to_json_string_ext(e, JSON_C_TO_STRING_PLAIN);
+    size_t tl = strlen(text);
+    for (int i = 0; i < MAX_CLIENTS; i++) {
+        struct client *cl = &c->clients[i];
+        if (cl->fd >= 0 && cl->watch &&
+            (send(cl->fd, text, tl, MSG_NOSIGNAL | MSG_DONTWAIT) != (ssize_t)tl ||
+             send(cl->fd, "\n", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != 1))
+            client_close(cl); /* gone, or not reading: it can ask status when it comes back */
+    }
+    json_object_put(e);
 }
 
 static void client_input(struct control *c, struct client *cl)
@@ -174,7 +206,7 @@ static void client_input(struct control *c, struct client *cl)
     char *nl;
     while (cl->fd >= 0 && (nl = memchr(cl->buf, '\n', cl->len))) {
         *nl = '\0';
-        json_object *r = handle(c, cl->buf);
+        json_object *r = handle(c, cl, cl->buf);
         const char *text = json_object_to_json_string_ext(r, JSON_C_TO_STRING_PLAIN);
         size_t tl = strlen(text);
         if (send(cl->fd, text, tl, MSG_NOSIGNAL) != (ssize_t)tl ||
@@ -201,11 +233,12 @@ static void *control_thread(void *arg)
     struct control *c = arg;
     pthread_setname_np(pthread_self(), "control");
     for (;;) {
-        struct pollfd p[MAX_CLIENTS + 2];
-        int map[MAX_CLIENTS + 2];
+        struct pollfd p[MAX_CLIENTS + 3];
+        int map[MAX_CLIENTS + 3];
         int n = 0;
         p[n++] = (struct pollfd){c->wake[0], POLLIN, 0};
         p[n++] = (struct pollfd){c->listen_fd, POLLIN, 0};
+        p[n++] = (struct pollfd){c->vmm->state_fd, POLLIN, 0};
         for (int i = 0; i < MAX_CLIENTS; i++)
             if (c->clients[i].fd >= 0) {
                 map[n] = i;
@@ -230,7 +263,12 @@ static void *control_thread(void *arg)
                 }
             }
         }
-        for (int i = 2; i < n; i++)
+        if (p[2].revents) {
+            uint64_t count;
+            if (read(c->vmm->state_fd, &count, sizeof(count)) == sizeof(count))
+                state_event(c);
+        }
+        for (int i = 3; i < n; i++)
             if (p[i].revents)
                 client_input(c, &c->clients[map[i]]);
     }

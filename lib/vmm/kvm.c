@@ -800,6 +800,15 @@ void machine_request_stop(struct machine *m, enum vmm_exit_reason reason, unsign
         vcpu_kick(&m->vcpus[i]);
 }
 
+static void machine_state_changed(struct machine *m)
+{
+    if (m->state_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t n = write(m->state_fd, &one, sizeof(one)); /* EAGAIN: already signalled */
+        (void)n;
+    }
+}
+
 int machine_pause(struct machine *m)
 {
     pthread_mutex_lock(&m->lock);
@@ -816,6 +825,7 @@ int machine_pause(struct machine *m)
     while (m->state == MACHINE_PAUSED && m->vcpus_paused < m->vcpu_count)
         pthread_cond_wait(&m->cond, &m->lock);
     pthread_mutex_unlock(&m->lock);
+    machine_state_changed(m);
     return 0;
 }
 
@@ -832,6 +842,8 @@ int machine_resume(struct machine *m)
     for (size_t i = 0; resumed && i < m->device_count; i++)
         if (m->devices[i].resumed)
             m->devices[i].resumed(m->devices[i].state);
+    if (resumed)
+        machine_state_changed(m);
     return 0;
 }
 
@@ -844,7 +856,13 @@ void machine_pause_for(struct machine *m, const char *reason)
     pthread_mutex_unlock(&m->lock);
     if (!said)
         vs_warn("VM paused: %s", reason);
+    bool was_paused = false;
+    pthread_mutex_lock(&m->lock);
+    was_paused = m->state == MACHINE_PAUSED;
+    pthread_mutex_unlock(&m->lock);
     machine_pause(m); /* a VM already stopping stays so: nothing to wait for */
+    if (was_paused && !said)
+        machine_state_changed(m); /* paused already (by the host): the reason is news */
 }
 
 void machine_pause_reason(struct machine *m, char *buf, size_t size)
@@ -864,7 +882,7 @@ int machine_create(struct machine **out, const struct vmm_config *config, struct
     if (!m)
         return -ENOMEM;
     m->config = config;
-    m->kvm_fd = m->vm_fd = m->post_fd = -1;
+    m->kvm_fd = m->vm_fd = m->post_fd = m->state_fd = -1;
     m->start_ns = vs_now_ns();
     m->restore = restore;
     m->vcpu_count = config->cpus ? config->cpus : 1;

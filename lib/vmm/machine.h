@@ -191,6 +191,7 @@ struct machine {
     pthread_cond_t cond;
     enum machine_state state;
     char pause_reason[256]; /* why the VMM paused the VM itself (a full host disk); "" otherwise */
+    int state_fd;           /* eventfd signalled after each pause/resume (the vmm's), or -1 */
     unsigned vcpus_paused;
     bool stop_requested;
     struct vmm_result result;
@@ -305,6 +306,8 @@ uint64_t virtio_blk_disk_size(struct machine *m, size_t n);
 /* ---- the VMM object ----------------------------------------------------------------------- */
 
 struct control;
+/* The control socket (control.c). Besides requests, a client that sends {"cmd":"watch"} is told
+ * {"event":"state","state":…,"reason":…} after every pause and resume, for as long as it stays. */
 int control_start(struct control **out, struct vmm *vmm, const char *spec);
 void control_stop(struct control *c);
 
@@ -314,6 +317,7 @@ struct vmm {
     struct console *console;
     struct console *vconsole; /* --vconsole backend, or NULL */
     struct control *control;
+    int state_fd; /* eventfd: the machine paused or resumed (control.c tells the watchers) */
     pthread_mutex_t machine_lock; /* held while the machine is rebuilt */
     uint64_t created_ns;
     uint64_t first_output_ns;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -32,8 +33,12 @@ static int vmm_build(struct vmm *v, const struct vmstate_file *restore)
         else
             rc = console_open_as(&v->vconsole, config->vconsole, "--vconsole");
     }
+    if (rc == 0 && (v->state_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        rc = vs_error_errno(-errno, "eventfd");
     if (rc == 0)
         rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, restore);
+    if (rc == 0)
+        v->machine->state_fd = v->state_fd;
     if (rc == 0 && config->api)
         rc = control_start(&v->control, v, config->api);
     return rc;
@@ -45,6 +50,7 @@ int vmm_create(struct vmm **out, const struct vmm_config *config)
     if (!v)
         return -ENOMEM;
     v->created_ns = vs_now_ns();
+    v->state_fd = -1;
     v->config = *config;
     pthread_mutex_init(&v->machine_lock, NULL);
     int rc = vmm_build(v, NULL);
@@ -118,6 +124,7 @@ int vmm_restore(struct vmm **out, const char *path, const struct vmm_restore_opt
     if (!v)
         return -ENOMEM;
     v->created_ns = vs_now_ns();
+    v->state_fd = -1;
     pthread_mutex_init(&v->machine_lock, NULL);
     int fd = -1;
     int rc = (v->restored = vs_calloc(1, sizeof(*v->restored))) ? 0 : -ENOMEM;
@@ -160,6 +167,8 @@ int vmm_run(struct vmm *v, struct vmm_result *result)
         machine_destroy(v->machine);
         v->machine = NULL;
         rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, NULL);
+        if (rc == 0)
+            v->machine->state_fd = v->state_fd;
         pthread_mutex_unlock(&v->machine_lock);
         if (rc < 0)
             return vs_error_prefix(rc, "reboot");
@@ -172,6 +181,8 @@ void vmm_destroy(struct vmm *v)
         return;
     control_stop(v->control);
     machine_destroy(v->machine);
+    if (v->state_fd >= 0)
+        close(v->state_fd);
     console_close(v->console);
     if (v->vconsole)
         console_close(v->vconsole);

@@ -2,6 +2,9 @@
 # tests/integration/mgmt-disks.sh — disk write locks across VMs, with the probe guest: a disk one
 # running VM may write can't be started writable (nor read-only) in another, the error names the
 # holder; read-only sharing works; the lock goes with the VM's stop and survives a daemon restart.
+# A full host disk: the VMM pauses the VM by itself and the daemon learns it at once (state paused,
+# the reason as last_error, a `paused` event for hooks); after space is freed, `vessel resume` lets
+# the guest finish its writes and power off.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
 need_kvm_probe
@@ -47,4 +50,39 @@ vs start w1
 for v in r1 r2 u1; do expect_ok "destroy $v" destroy "$v"; done
 expect_ok "w1 starts once nobody holds the disk" start w1
 expect_ok "destroy w1" destroy w1
+
+# ---- a full host disk ---------------------------------------------------------------------------
+full=$T/full
+mkdir -p "$full" "$STATE/hooks"
+if [ "$(id -u)" -ne 0 ] || ! mount -t tmpfs -o size=12M vessel-mgmt-full "$full" 2>/dev/null; then
+    skip "disk-full pause: needs root to mount a small tmpfs"
+else
+    IT_MOUNTS+=("$full")
+    printf '#!/bin/sh\necho "$1 $2 $3" >>%s\n' "$T/hooks.txt" >"$STATE/hooks/10-record"
+    chmod +x "$STATE/hooks/10-record"
+    quiet "$VESSEL" img create -q -f qcow2 "$full/f1.qcow2" 64M
+    {
+        probe_def f1 "probe.mode=run probe.tests=blk probe.blk.size=24M probe.blk.rand_ops=100"
+        printf '[disk]\nfile = %s\nformat = qcow2\n' "$full/f1.qcow2"
+    } >"$T/f1.vm"
+    expect_ok "define f1 (its disk on a 12 MiB tmpfs)" define "$T/f1.vm"
+    expect_ok "start f1" start f1
+    if wait_state f1 paused 60 && [[ "$(field f1 last_error)" == "host disk full writing $full/f1.qcow2"* ]]; then
+        ok "the disk filled: the daemon shows f1 paused, last_error names the disk"
+    else
+        not_ok "f1 paused on the full disk (state $(field f1 state), last_error $(field f1 last_error))"
+    fi
+    wait_for "$T/hooks.txt" "^f1 paused host disk full" 10 && ok "a hook saw 'paused' with the reason" ||
+        not_ok "hook saw 'f1 paused host disk full…'"
+    mount -o remount,size=96M "$full"
+    expect_ok "resume f1 once there is space" resume f1
+    if wait_state f1 shutoff 60 && grep -aq "^PROBE result blk.rand_verify=ok" "$T/f1.console" &&
+        ! grep -aq "PROBE fail" "$T/f1.console"; then
+        ok "f1 finished its writes with every byte verified and powered off"
+    else
+        not_ok "f1 finished after resume (state $(field f1 state))"
+        grep -a "PROBE fail" "$T/f1.console" | diag 3
+    fi
+    assert_qemu_clean "f1's qcow2 after the disk-full pause" "$full/f1.qcow2"
+fi
 finish

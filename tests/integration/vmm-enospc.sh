@@ -5,6 +5,7 @@
 # one warning line), with nothing reported to the guest as an error; once the tmpfs is grown and
 # the VM resumed, the guest finishes its whole workload with every byte verified, powers off
 # (exit 0), and the image holds exactly what the guest last read back (its SHA-256 of the region).
+# A client that sent {"cmd":"watch"} is told of the pause (with the reason) and of the resume.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
@@ -45,6 +46,26 @@ print(buf.decode().strip())
 PY
 }
 value() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
+# watch SOCK OUT — in the background: connect as soon as SOCK exists, send watch, copy every line
+# the VMM sends to OUT until it hangs up
+watch() {
+    python3 - "$1" "$2" <<'PY' &
+import os, socket, sys, time
+path, out = sys.argv[1], sys.argv[2]
+end = time.time() + 60
+while not os.path.exists(path) and time.time() < end:
+    time.sleep(0.02)
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+s.sendall(b'{"cmd":"watch"}\n')
+with open(out, 'ab', buffering=0) as f:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        f.write(d)
+PY
+}
 
 for fmt in qcow2 raw; do
     small=$T/small-$fmt
@@ -61,6 +82,7 @@ for fmt in qcow2 raw; do
         --disk "$disk,format=$fmt" --console "file:$log" \
         --cmdline "probe.tests=blk probe.blk.size=32M probe.blk.rand_ops=500" 2>"$err" &
     pid=$!
+    watch "$sock" "$T/$fmt.watch"
     status=""
     for _ in $(seq 600); do
         if [ -S "$sock" ]; then
@@ -108,6 +130,13 @@ for fmt in qcow2 raw; do
         not_ok "$fmt: guest finished after resume (exit $rc)"
         grep -a "PROBE fail" "$log" | diag 3
         diag <"$err"
+    fi
+    if grep -q '"event":"state","state":"paused","reason":"host disk full writing' "$T/$fmt.watch" &&
+        grep -q '"event":"state","state":"running"' "$T/$fmt.watch"; then
+        ok "$fmt: the watching client was told of the pause (with the reason) and the resume"
+    else
+        not_ok "$fmt: watch events for the pause and the resume"
+        diag <"$T/$fmt.watch"
     fi
     region=$(value "$log" blk.region)
     want=$(value "$log" "blk.region.$region")
