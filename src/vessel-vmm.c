@@ -64,6 +64,8 @@ static void usage(FILE *out)
             "                       own boot protocol)\n"
             "  --no-pvh             the same as --boot-path bzimage\n"
             "  --restore FILE       resume a VM saved with the API \"save\" command\n"
+            "  --name NAME, --uuid UUID   who the VM is: shown by the API's status, kept in\n"
+            "                       state files (vesseld finds a moved state file's VM by them)\n"
             "  -v, --verbose        print the boot path and timings on stderr\n"
             "exit codes: 0 poweroff, 1 usage/setup error, 2 reboot (--no-reboot), 3 guest crash,\n"
             "            4 VMM failure, 5 saved (API \"save\"), 16+N isa-debug-exit value N\n");
@@ -186,6 +188,7 @@ int main(int argc, char **argv)
         {"boot", required_argument, NULL, 'b'},    {"boot-entry", required_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},          {"vconsole", required_argument, NULL, 'V'},
         {"restore", required_argument, NULL, 'S'}, {"boot-path", required_argument, NULL, 'p'},
+        {"name", required_argument, NULL, 'x'},    {"uuid", required_argument, NULL, 'u'},
         {NULL, 0, NULL, 0},
     };
     /* clang-format on */
@@ -307,6 +310,15 @@ int main(int argc, char **argv)
             break;
         case 'S':
             restore = optarg;
+            break;
+        case 'x':
+        case 'u':
+            if (strlen(optarg) > VMM_IDENTITY_MAX || !*optarg) {
+                fprintf(stderr, "vessel-vmm: --%s: 1 to %d bytes\n", opt == 'x' ? "name" : "uuid",
+                        VMM_IDENTITY_MAX);
+                return 1;
+            }
+            *(opt == 'x' ? &cfg.name : &cfg.uuid) = optarg;
             break;
         case 'v':
             verbose = true;

@@ -25,7 +25,7 @@
 
 #define MGMT_DEFAULT_STATE_DIR "/var/lib/vessel"
 #define MGMT_SOCKET_NAME       "vesseld.sock"
-#define MGMT_SCHEMA_VERSION    3
+#define MGMT_SCHEMA_VERSION    4
 
 /* ---- store (lib/mgmt/store.c) ---------------------------------------------------------------- */
 
@@ -47,6 +47,7 @@ struct mgmt_vm_record {
     bool autostart;        /* true when the definition says always or was-running */
     bool was_running;      /* running when the daemon last saw it (autostart = was-running) */
     char saved_path[4096]; /* state 'saved': the state file it was saved to, else "" */
+    char saved_id[33];     /* that save's id (the file's own), "" when unknown */
 };
 
 void mgmt_vm_record_free(struct mgmt_vm_record *rec); /* frees the members, not rec */
@@ -71,10 +72,10 @@ int mgmt_store_set_autostart(struct mgmt_store *store, const char *name, bool on
 int mgmt_store_transition(struct mgmt_store *store, const char *name, const char *state,
                           const char *event, int64_t pid, int64_t keeper_pid, int64_t last_exit,
                           const char *error, bool count_boot);
-/* State 'saved' with the state file's path (any other transition forgets it), pid cleared, and the
- * event 'saved' (detail: path) in one transaction. */
+/* State 'saved' with the state file's path and save id (any other transition forgets both), pid
+ * cleared, and the event 'saved' (detail: path) in one transaction. */
 int mgmt_store_saved(struct mgmt_store *store, const char *name, const char *path,
-                     int64_t last_exit);
+                     const char *saved_id, int64_t last_exit);
 /* The VM in state 'saved' whose state file is path (as recorded); -ENOENT naming path if none. */
 int mgmt_store_find_saved(struct mgmt_store *store, const char *path, char *name, size_t len);
 /* Append an event (started, stopped, crashed, rebooted, …). */

@@ -50,9 +50,14 @@ struct vmm_config {
     const char *kernel;  /* bzImage or PVH ELF (vmlinux, the probe guest) */
     const char *initrd;  /* optional */
     const char *cmdline; /* optional */
-    unsigned cpus;       /* >= 1 */
-    uint64_t memory;     /* bytes, >= 16 MiB */
-    bool hugepages;      /* back guest memory with MAP_HUGETLB (2 MiB) pages */
+    /* Who the VM is (optional, ≤ 128 bytes each): shown by status, kept in a state file so a moved
+     * file still says which VM it holds (vesseld passes its name and uuid). */
+    const char *name;
+    const char *uuid;
+#define VMM_IDENTITY_MAX 128
+    unsigned cpus;   /* >= 1 */
+    uint64_t memory; /* bytes, >= 16 MiB */
+    bool hugepages;  /* back guest memory with MAP_HUGETLB (2 MiB) pages */
     /* stdio | file:PATH | pty | unix:PATH | none. NULL = stdio. */
     const char *console;
     const char *api; /* unix:PATH for the JSON control socket, or NULL */
@@ -118,6 +123,16 @@ struct vmm_restore_options {
 /* Rebuild the VM saved in PATH (same devices, same disks reopened), load its state; vmm_run then
  * resumes it where it stopped. Errors are one line (bad file, missing or resized disk, …). */
 int vmm_restore(struct vmm **out, const char *path, const struct vmm_restore_options *options);
+/* What a state file says of itself: the VM's name and uuid as given to the VMM ("" when it had
+ * none, or the file predates them) and the save's own random id. */
+struct vmm_state_identity {
+    char name[VMM_IDENTITY_MAX + 1];
+    char uuid[VMM_IDENTITY_MAX + 1];
+    char save_id[33];
+};
+/* Read it, checking the file as a restore would (header, sections, size). 0 or -errno with one
+ * line. */
+int vmm_state_file_identity(const char *path, struct vmm_state_identity *id);
 
 /* "running", "paused", "stopping" */
 const char *vmm_state_name(struct vmm *vmm);

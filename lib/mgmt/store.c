@@ -94,6 +94,11 @@ static const char *const schema_v3 =
     "DROP TABLE vms;"
     "ALTER TABLE vms_v3 RENAME TO vms;";
 
+/* v4: the id of the save in the state file (the file's own random id), so a state file that was
+ * moved is restored only when it is the VM's latest save. */
+static const char *const schema_v4 =
+    "ALTER TABLE vms ADD COLUMN saved_id TEXT NOT NULL DEFAULT '';";
+
 static int store_sql_error(struct mgmt_store *s, int rc, const char *what)
 {
     int err = -EIO;
@@ -222,6 +227,15 @@ int mgmt_store_open(const char *path, struct mgmt_store **out)
         err = store_end(s, err);
         int fk = store_exec(s, "PRAGMA foreign_keys=ON");
         if (err || (err = fk))
+            goto fail;
+    }
+    if (version < 4) {
+        if ((err = store_begin(s)))
+            goto fail;
+        err = store_exec(s, schema_v4);
+        if (!err)
+            err = store_exec(s, "PRAGMA user_version=4");
+        if ((err = store_end(s, err)))
             goto fail;
     }
     *out = s;
@@ -353,7 +367,7 @@ int mgmt_store_undefine(struct mgmt_store *s, const char *name)
 
 #define RECORD_COLUMNS                                                                             \
     "name, uuid, definition, state, pid, keeper_pid, started_at, boots, generation, last_exit,"    \
-    " last_error, autostart, was_running, saved_path"
+    " last_error, autostart, was_running, saved_path, saved_id"
 
 static int record_from_row(sqlite3_stmt *st, void *out)
 {
@@ -373,6 +387,7 @@ static int record_from_row(sqlite3_stmt *st, void *out)
     r->autostart = sqlite3_column_int(st, 11) != 0;
     r->was_running = sqlite3_column_int(st, 12) != 0;
     snprintf(r->saved_path, sizeof(r->saved_path), "%s", (const char *)sqlite3_column_text(st, 13));
+    snprintf(r->saved_id, sizeof(r->saved_id), "%s", (const char *)sqlite3_column_text(st, 14));
     return r->definition ? 0 : -ENOMEM;
 }
 
@@ -480,7 +495,8 @@ int mgmt_store_transition(struct mgmt_store *s, const char *name, const char *st
               "UPDATE vms SET state = ?2, pid = ?3, keeper_pid = ?4,"
               " started_at = CASE WHEN ?5 THEN ?6 WHEN ?7 THEN started_at ELSE 0 END,"
               " boots = boots + ?5, last_exit = CASE WHEN ?8 >= 0 THEN ?8 ELSE last_exit END,"
-              " last_error = COALESCE(?9, last_error), was_running = ?7, saved_path = '',"
+              " last_error = COALESCE(?9, last_error), was_running = ?7, saved_path = '', saved_id "
+              "= '',"
               " generation = generation + 1, updated_at = ?6 WHERE name = ?1",
               &st))) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
@@ -504,7 +520,8 @@ int mgmt_store_transition(struct mgmt_store *s, const char *name, const char *st
     return store_end(s, err < 0 ? err : 0);
 }
 
-int mgmt_store_saved(struct mgmt_store *s, const char *name, const char *path, int64_t last_exit)
+int mgmt_store_saved(struct mgmt_store *s, const char *name, const char *path, const char *saved_id,
+                     int64_t last_exit)
 {
     int err = store_begin(s);
     if (err)
@@ -513,13 +530,14 @@ int mgmt_store_saved(struct mgmt_store *s, const char *name, const char *path, i
     if (!(err = store_prepare(s,
                               "UPDATE vms SET state = 'saved', saved_path = ?2, pid = 0,"
                               " keeper_pid = 0, started_at = 0, last_exit = ?3, last_error = '',"
-                              " was_running = 0, generation = generation + 1, updated_at = ?4"
-                              " WHERE name = ?1",
+                              " was_running = 0, generation = generation + 1, updated_at = ?4,"
+                              " saved_id = ?5 WHERE name = ?1",
                               &st))) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, path, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, last_exit);
         sqlite3_bind_int64(st, 4, (int64_t)time(NULL));
+        sqlite3_bind_text(st, 5, saved_id ? saved_id : "", -1, SQLITE_STATIC);
         err = store_step_done(s, st, "saved");
         if (err == 0)
             err = vs_error(-ENOENT, "no VM named '%s'", name);

@@ -36,6 +36,7 @@
 
 #include "mgmt/mgmt-internal.h"
 #include "vessel/img.h"
+#include "vessel/vmm.h"
 
 #define KEEPER_COMM     "vessel-keeper"
 #define START_TIMEOUT_S 30
@@ -154,11 +155,16 @@ static int runtime_set(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const 
 /* The VMM saved the VM to path and exited (rt locked): state 'saved', event 'saved'. */
 static int runtime_set_saved(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const char *path)
 {
+    struct vmm_state_identity id;
+    if (vmm_state_file_identity(path, &id) < 0) { /* restorable by its path still */
+        vs_warn("%s: %s", rt->name, vs_error_message());
+        id.save_id[0] = 0;
+    }
     snprintf(rt->state, sizeof(rt->state), "saved");
     runtime_drop_live(d, rt);
     rt->transitions++;
     pthread_cond_broadcast(&rt->changed);
-    return mgmt_store_saved(d->store, rt->name, path, EXIT_SAVED);
+    return mgmt_store_saved(d->store, rt->name, path, id.save_id, EXIT_SAVED);
 }
 
 /* ---- spawning -------------------------------------------------------------------------------- */
@@ -228,6 +234,10 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
         argv_add(a, vs_strdup("--cmdline"));
         argv_add(a, vs_strdup(def->cmdline));
     }
+    argv_add(a, vs_strdup("--name")); /* kept in a state file: a moved one still names its VM */
+    argv_add(a, vs_strdup(def->name));
+    argv_add(a, vs_strdup("--uuid"));
+    argv_add(a, vs_strdup(def->uuid));
     argv_add(a, vs_strdup("--cpus"));
     argv_add(a, vs_asprintf("%u", def->vcpus));
     argv_add(a, vs_strdup("--memory"));
@@ -883,15 +893,29 @@ out:
 int mgmt_vm_restore(struct mgmt_daemon *d, const char *name, const char *file, char *vm_out,
                     size_t vm_len, char *file_out, size_t file_len)
 {
-    char found[VM_DEF_NAME_MAX + 1], canon[PATH_MAX];
+    char found[VMM_IDENTITY_MAX + 1], canon[PATH_MAX];
+    struct vmm_state_identity id;
+    const char *moved = NULL; /* by file, a file other than the one the VM was saved to */
     int err;
     if (!name) {
-        /* by file: the VM that was saved to it */
+        /* by file: the VM that was saved to it, else the VM the file names (it was moved) */
         if (!file || file[0] != '/')
             return vs_error(-EINVAL, "restore: the state file must be an absolute path");
         if (!realpath(file, canon))
             return vs_error_errno(-errno, "restore: %s", file);
-        if ((err = mgmt_store_find_saved(d->store, canon, found, sizeof(found))))
+        err = mgmt_store_find_saved(d->store, canon, found, sizeof(found));
+        if (err == -ENOENT) {
+            if ((err = vmm_state_file_identity(canon, &id)))
+                return err;
+            snprintf(found, sizeof(found), "%s", id.name);
+            if (!found[0])
+                return vs_error(-ENOENT,
+                                "%s: no VM was saved to this file, and it names none (saved "
+                                "by an older vessel-vmm): restore it by the VM's name",
+                                canon);
+            moved = canon;
+        }
+        if (err)
             return err;
         name = found;
     }
@@ -910,20 +934,36 @@ int mgmt_vm_restore(struct mgmt_daemon *d, const char *name, const char *file, c
         pthread_mutex_unlock(&rt->lock);
         return err;
     }
+    if (moved && strcmp(rec.uuid, id.uuid)) {
+        err = vs_error(-EINVAL,
+                       "%s holds VM '%s' with uuid %s, but the VM of that name here has uuid %s",
+                       moved, name, id.uuid, rec.uuid);
+        goto out;
+    }
     if (strcmp(rt->state, "saved") || !rec.saved_path[0]) {
         err = vs_error(mgmt_state_is_live(rt->state) ? -EBUSY : -EINVAL,
                        "VM '%s' is %s, not saved (vessel save %s FILE saves a running VM)", name,
                        rt->state, name);
         goto out;
     }
+    const char *state_file = moved ? moved : rec.saved_path;
     struct stat st;
-    if (stat(rec.saved_path, &st) < 0) {
-        err = vs_error_errno(-errno, "VM '%s': state file %s", name, rec.saved_path);
+    if (stat(state_file, &st) < 0) {
+        err = vs_error_errno(-errno, "VM '%s': state file %s", name, state_file);
         goto out;
     }
+    /* only the latest save: an older one would meet disks that have moved on since */
+    if (rec.saved_id[0] && (err = vmm_state_file_identity(state_file, &id)) == 0 &&
+        strcmp(id.save_id, rec.saved_id))
+        err = vs_error(-EINVAL,
+                       "%s is not VM '%s''s latest save (that went to %s): restoring it would "
+                       "meet disks that have changed since",
+                       state_file, name, rec.saved_path);
+    if (err)
+        goto out;
     if ((err = mgmt_disks_claim_definition(d, name, false)))
         goto out;
-    if ((err = spawn_locked(d, rt, rec.saved_path))) {
+    if ((err = spawn_locked(d, rt, state_file))) {
         /* still saved: the file may be fixed or the state discarded with destroy */
         char msg[512];
         snprintf(msg, sizeof(msg), "%s", vs_error_message());
@@ -935,7 +975,7 @@ int mgmt_vm_restore(struct mgmt_daemon *d, const char *name, const char *file, c
     err = runtime_set_event(d, rt, "running", -1, "", true, "restored");
     mgmt_monitor_wake(d);
     snprintf(vm_out, vm_len, "%s", name);
-    snprintf(file_out, file_len, "%s", rec.saved_path);
+    snprintf(file_out, file_len, "%s", state_file);
 out:
     mgmt_vm_record_free(&rec);
     pthread_mutex_unlock(&rt->lock);

@@ -106,6 +106,10 @@ static json_object *handle(struct control *c, struct client *cl, const char *lin
     } else if (strcmp(cmd, "status") == 0) {
         add_state(v, r);
         json_object_object_add(r, "boot", json_object_new_string(vmm_boot_description(v)));
+        if (v->config.name)
+            json_object_object_add(r, "name", json_object_new_string(v->config.name));
+        if (v->config.uuid)
+            json_object_object_add(r, "uuid", json_object_new_string(v->config.uuid));
         json_object_object_add(r, "vcpus", json_object_new_int((int)v->config.cpus));
         json_object_object_add(r, "memory", json_object_new_int64((int64_t)v->config.memory));
         json_object_object_add(r, "pid", json_object_new_int((int)getpid()));

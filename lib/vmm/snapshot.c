@@ -10,6 +10,7 @@
  * ring indices. RAM goes last in the file at a page-aligned offset, zero pages left as holes.
  */
 #include <errno.h>
+#include <sys/random.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,8 +92,17 @@ static int state_build(struct machine *m, struct vmstate_writer *w, uint32_t *se
         return -ENOMEM;
     for (size_t i = 0; i < m->config->disk_count; i++)
         sizes[i] = virtio_blk_disk_size(m, i);
+    /* this save's id: vesseld restores a moved file only when it is the VM's latest save */
+    uint8_t rnd[16];
+    char save_id[33];
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+        free(sizes);
+        return vs_error_errno(-errno, "getrandom");
+    }
+    for (size_t i = 0; i < sizeof(rnd); i++)
+        snprintf(save_id + 2 * i, 3, "%02x", rnd[i]);
     size_t mark = vmw_section_begin(w, "config");
-    vmstate_config_write(w, m->config, sizes, m->boot.how);
+    vmstate_config_write(w, m->config, sizes, m->boot.how, save_id);
     vmw_section_end(w, mark);
     free(sizes);
     mark = vmw_section_begin(w, "vm");

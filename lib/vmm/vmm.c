@@ -118,6 +118,24 @@ static int state_file_open(const char *path, struct vmstate_file *f, int *fd)
     return vmstate_check_size(f, (uint64_t)st.st_size, path);
 }
 
+int vmm_state_file_identity(const char *path, struct vmm_state_identity *id)
+{
+    struct vmstate_file f;
+    memset(&f, 0, sizeof(f));
+    int fd = -1;
+    int rc = state_file_open(path, &f, &fd);
+    if (fd >= 0)
+        close(fd);
+    memset(id, 0, sizeof(*id));
+    if (rc == 0) {
+        snprintf(id->name, sizeof(id->name), "%s", f.cfg.config.name ? f.cfg.config.name : "");
+        snprintf(id->uuid, sizeof(id->uuid), "%s", f.cfg.config.uuid ? f.cfg.config.uuid : "");
+        snprintf(id->save_id, sizeof(id->save_id), "%s", f.cfg.save_id);
+    }
+    vmstate_file_free(&f);
+    return rc;
+}
+
 int vmm_restore(struct vmm **out, const char *path, const struct vmm_restore_options *options)
 {
     struct vmm *v = vs_calloc(1, sizeof(*v));

@@ -293,7 +293,7 @@ int vmstate_header_parse(const uint8_t *buf, size_t len, uint64_t *state_len, co
 /* ---- configuration --------------------------------------------------------------------------- */
 
 void vmstate_config_write(struct vmstate_writer *w, const struct vmm_config *c,
-                          const uint64_t *disk_sizes, const char *boot_how)
+                          const uint64_t *disk_sizes, const char *boot_how, const char *save_id)
 {
     vmw_u32(w, c->cpus);
     vmw_u64(w, c->memory);
@@ -321,6 +321,10 @@ void vmstate_config_write(struct vmstate_writer *w, const struct vmm_config *c,
         vmw_bytes(w, c->nets[i].mac, 6);
         vmw_u8(w, c->nets[i].mac_set);
     }
+    /* added later: readers of older files find the section ending here */
+    vmw_str(w, c->name);
+    vmw_str(w, c->uuid);
+    vmw_str(w, save_id);
 }
 
 /* Read a string and remember it in F (owned there). */
@@ -388,6 +392,15 @@ static int config_parse(struct vmstate_file *f, const struct vmstate_section *s,
             c->nets[i].mac_set = vmr_bool(&r);
             vmr_check(&r, c->nets[i].tap && *c->nets[i].tap);
         }
+    }
+    if (!r.failed && r.pos < r.len) { /* the VM's identity, in files from this version on */
+        c->name = take_str(f, &r);
+        c->uuid = take_str(f, &r);
+        const char *id = take_str(f, &r);
+        vmr_check(&r, (!c->name || strlen(c->name) <= VMM_IDENTITY_MAX) &&
+                          (!c->uuid || strlen(c->uuid) <= VMM_IDENTITY_MAX) &&
+                          (!id || strlen(id) < sizeof(f->cfg.save_id)));
+        snprintf(f->cfg.save_id, sizeof(f->cfg.save_id), "%s", id && !r.failed ? id : "");
     }
     int rc = vmr_finish(&r);
     if (rc < 0)

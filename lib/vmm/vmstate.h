@@ -80,6 +80,7 @@ struct vmstate_config {
     struct vmm_config config; /* strings below are owned by the vmstate_file */
     uint64_t *disk_sizes;     /* bytes, per disk: the image must still have this size */
     char boot_how[128];
+    char save_id[33]; /* "" in files older than the VM identity */
 };
 
 struct vmstate_file {
@@ -97,8 +98,9 @@ struct vmstate_file {
 };
 
 /* Encode CONFIG (+ disk sizes, boot description) as the "config" section payload. */
+/* SAVE_ID: this save's own random id (hex), kept with the VM's name and uuid. */
 void vmstate_config_write(struct vmstate_writer *w, const struct vmm_config *config,
-                          const uint64_t *disk_sizes, const char *boot_how);
+                          const uint64_t *disk_sizes, const char *boot_how, const char *save_id);
 /* Write the 48-byte header into OUT. */
 void vmstate_header_write(uint8_t out[VMSTATE_HEADER_SIZE], uint64_t memory, uint32_t vcpus,
                           uint32_t sections, uint64_t state_len, uint64_t ram_offset);

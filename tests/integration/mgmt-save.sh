@@ -8,7 +8,8 @@
 # one) fails with one line and leaves the VM saved without a tap or a VMM; a save to an existing
 # file is refused and the VM runs on. `restore FILE` brings it back on the same tap: its idle
 # counter is past the saved value, it reads back what it wrote to its undo disk, a hook saw
-# `restored`. Then save + `restore NAME`, save + destroy (discards the saved state), a save the
+# `restored`. Then save + `restore NAME`; a moved state file restores by its new path (the file
+# names its VM and save) while an older save's copy is refused; save + destroy (discards the saved state), a save the
 # daemon finds only after a kill -9 (the exit file of the keeper), and autostart restoring a saved VM.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
@@ -173,8 +174,19 @@ expect_rc 1 "restore of a running VM is refused" restore s1
 # ---- save + restore NAME; save + destroy ------------------------------------------------------------
 expect_ok "save s1 again (absolute path)" save s1 "$T/s1-b.save"
 wait_state s1 saved 5 && ok "s1 saved again" || not_ok "s1 saved again"
+cp "$T/s1-b.save" "$T/s1-old.save" # a copy of this save, older than the next one
 expect_ok "vessel restore s1 (by name)" restore s1
 [ "$(field s1 state)" = running ] && ok "restored by name" || not_ok "restored by name"
+# ---- a moved state file: found by the VM name, uuid and save id it holds ---------------------------
+expect_ok "save s1 once more" save s1 "$T/s1-m.save"
+mv "$T/s1-m.save" "$T/s1-moved.save"
+vs restore "$T/s1-old.save"
+[ "$VS_RC" -eq 1 ] && one_line && grep -q "not VM 's1''s latest save" "$VS_ERR" && [ "$(field s1 state)" = saved ] &&
+    ok "an older save of s1 at another path is refused: $(cat "$VS_ERR")" || not_ok "older save refused (rc $VS_RC: $(cat "$VS_ERR"))"
+expect_ok "restore the moved latest save by its new path" restore "$T/s1-moved.save"
+[ "$(field s1 state)" = running ] && [ "$(vmms s1)" -eq 1 ] && ok "s1 runs again from the moved file" ||
+    not_ok "s1 running after restore of the moved file (state $(field s1 state))"
+expect_rc 1 "the moved file once restored names a running VM: refused" restore "$T/s1-moved.save"
 expect_ok "pause s1" pause s1
 expect_ok "save a paused VM" save s1 "$T/s1-c.save"
 expect_ok "destroy the saved s1 (discards the saved state)" destroy s1

@@ -482,11 +482,11 @@ TEST(store_migrates_v2_to_saved)
     free(names);
     /* saved: the state, the path, the event; found by its file; any transition forgets it */
     CHECK_OK(mgmt_store_set_state(s, "w", "running", 10, 9, -1, "", true));
-    CHECK_OK(mgmt_store_saved(s, "w", "/srv/w.save", 5));
+    CHECK_OK(mgmt_store_saved(s, "w", "/srv/w.save", "0123abcd", 5));
     struct mgmt_vm_record rec;
     CHECK_OK(mgmt_store_get(s, "w", &rec));
     CHECK(!strcmp(rec.state, "saved") && !strcmp(rec.saved_path, "/srv/w.save") && rec.pid == 0 &&
-          rec.last_exit == 5 && !rec.was_running);
+          rec.last_exit == 5 && !rec.was_running && !strcmp(rec.saved_id, "0123abcd"));
     mgmt_vm_record_free(&rec);
     struct mgmt_event *evs = NULL;
     size_t count = 0;

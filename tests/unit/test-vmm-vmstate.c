@@ -10,12 +10,16 @@
 #include "harness.h"
 #include "vmm/vmstate.h"
 
-/* A whole state (header + config section + one small device section) for CONFIG. */
-static uint8_t *build_state(const struct vmm_config *config, const uint64_t *sizes, size_t *len)
+/* A whole state (header + config section + one small device section) for CONFIG. CUT: bytes to
+ * drop from the config section's end (a file written before the VM identity was added). */
+static uint8_t *build_state_cut(const struct vmm_config *config, const uint64_t *sizes, size_t cut,
+                                size_t *len)
 {
     struct vmstate_writer w = {0};
     size_t mark = vmw_section_begin(&w, "config");
-    vmstate_config_write(&w, config, sizes, "PVH entry 0x100020");
+    vmstate_config_write(&w, config, sizes, "PVH entry 0x100020",
+                         "00ff00ff00ff00ff00ff00ff00ff00ff");
+    w.len -= cut;
     vmw_section_end(&w, mark);
     mark = vmw_section_begin(&w, "serial");
     vmw_u32(&w, 0xdeadbeef);
@@ -27,6 +31,11 @@ static uint8_t *build_state(const struct vmm_config *config, const uint64_t *siz
     *len = VMSTATE_HEADER_SIZE + w.len;
     vmw_free(&w);
     return buf;
+}
+
+static uint8_t *build_state(const struct vmm_config *config, const uint64_t *sizes, size_t *len)
+{
+    return build_state_cut(config, sizes, 0, len);
 }
 
 static const struct vmm_disk_config disks[] = {
@@ -52,6 +61,8 @@ static struct vmm_config sample_config(void)
         .net_count = 1,
         .rng = true,
         .vconsole = "unix:/run/vc.sock",
+        .name = "web1",
+        .uuid = "6f1e0c2a-0000-4000-8000-000000000001",
     };
 }
 
@@ -75,12 +86,31 @@ TEST(vmstate_config_round_trip)
     CHECK(f.cfg.disk_sizes[1] == 1ULL << 40);
     CHECK(g->net_count == 1 && strcmp(g->nets[0].tap, "tap-x") == 0 && g->nets[0].mac[5] == 3);
     CHECK(strcmp(f.cfg.boot_how, "PVH entry 0x100020") == 0);
+    CHECK(!strcmp(g->name, "web1") && !strcmp(g->uuid, "6f1e0c2a-0000-4000-8000-000000000001"));
+    CHECK(!strcmp(f.cfg.save_id, "00ff00ff00ff00ff00ff00ff00ff00ff"));
     const struct vmstate_section *s = vmstate_find(&f, "serial", 0);
     CHECK(s && s->len == 4);
     CHECK(vmstate_find(&f, "serial", 1) == NULL);
     CHECK(vmstate_check_size(&f, 4096 + (128 << 20), "t.save") == 0);
     CHECK(vmstate_check_size(&f, 4096 + (64 << 20), "t.save") < 0);
     CHECK(strstr(vs_error_message(), "truncated") != NULL);
+    vmstate_file_free(&f);
+}
+
+/* A file from before the VM identity (name, uuid, save id) still parses, with none. */
+TEST(vmstate_without_identity)
+{
+    struct vmm_config c = sample_config();
+    size_t len;
+    uint8_t *buf = build_state_cut(&c, sizes, (4 + 4) + (4 + 36) + (4 + 32), &len);
+    struct vmstate_file f;
+    CHECK_OK(vmstate_parse(buf, len, &f, "old.save"));
+    CHECK(f.cfg.config.name == NULL && f.cfg.config.uuid == NULL && f.cfg.save_id[0] == 0);
+    CHECK(f.cfg.config.net_count == 1 && strcmp(f.cfg.config.nets[0].tap, "tap-x") == 0);
+    vmstate_file_free(&f); /* frees buf: the file owns its state */
+    /* cut inside the identity: refused, not half-read */
+    buf = build_state_cut(&c, sizes, 10, &len);
+    CHECK(vmstate_parse(buf, len, &f, "half.save") < 0);
     vmstate_file_free(&f);
 }
 
