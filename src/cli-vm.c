@@ -45,6 +45,20 @@ static int fail(const char *msg)
  * src/cli-pool.c. */
 int cli_api_call(const char *socket, const char *method, const char *path, const char *type,
                  const char *body, json_object **out, char **text);
+/* A non-2xx answer: its {"error"} (or the status) as one line on stderr; frees BODY. 1. */
+static int http_error(int status, char *body)
+{
+    json_object *o = body ? json_tokener_parse(body) : NULL;
+    json_object *e;
+    if (o && json_object_object_get_ex(o, "error", &e))
+        fprintf(stderr, "vessel: %s\n", json_object_get_string(e));
+    else
+        fprintf(stderr, "vessel: HTTP %d %s\n", status, mgmt_http_reason(status));
+    json_object_put(o);
+    free(body);
+    return 1;
+}
+
 int cli_api_call(const char *socket, const char *method, const char *path, const char *type,
                  const char *body, json_object **out, char **text)
 {
@@ -59,17 +73,8 @@ int cli_api_call(const char *socket, const char *method, const char *path, const
                                   &status, &resp, &len);
     if (err)
         return fail(vs_error_message());
-    if (status < 200 || status > 299) {
-        json_object *o = json_tokener_parse(resp);
-        json_object *e;
-        if (o && json_object_object_get_ex(o, "error", &e))
-            fprintf(stderr, "vessel: %s\n", json_object_get_string(e));
-        else
-            fprintf(stderr, "vessel: HTTP %d %s\n", status, mgmt_http_reason(status));
-        json_object_put(o);
-        free(resp);
-        return 1;
-    }
+    if (status < 200 || status > 299)
+        return http_error(status, resp);
     if (out)
         *out = json_tokener_parse(resp);
     if (text)
@@ -351,6 +356,71 @@ static int verb_edit(struct cli *c, const char *name)
     return rc;
 }
 
+/* ---- verbs that copy disks: their progress streamed ------------------------------------------ */
+
+struct copy_stream {
+    struct vs_progress bar;
+    bool drawn;
+    json_object *last; /* the answer's last line */
+};
+
+static int copy_line(void *arg, const char *line)
+{
+    struct copy_stream *s = arg;
+    json_object *o = json_tokener_parse(line), *p;
+    if (!o)
+        return 0;
+    if (json_object_object_get_ex(o, "progress", &p)) {
+        vs_progress_update(&s->bar, (uint64_t)jint(p, "done"), (uint64_t)jint(p, "total"));
+        s->drawn = s->bar.enabled;
+        json_object_put(o);
+        return 0;
+    }
+    s->last = o;
+    return 1;
+}
+
+/* POST PATH (clone, template) with progress=1: a progress bar on stderr while the daemon copies,
+ * when stderr is a terminal and the output is not --json; *out the answer, as call() gives it. */
+static int call_copy(struct cli *c, const char *path, json_object **out)
+{
+    *out = NULL;
+    char *full = vs_asprintf("%s%sprogress=1", path, strchr(path, '?') ? "&" : "?");
+    if (!full)
+        return fail("out of memory");
+    struct copy_stream s = {.last = NULL};
+    vs_progress_init(&s.bar, isatty(STDERR_FILENO) && !c->json, stderr);
+    int status = 0;
+    char *error_body = NULL;
+    int err = mgmt_client_stream(c->socket, "POST", full, &status, &error_body, copy_line, &s);
+    free(full);
+    if (s.drawn && (err || error_body || !s.last))
+        fputc('\n', stderr);
+    if (err) {
+        json_object_put(s.last);
+        return fail(vs_error_message());
+    }
+    if (error_body)
+        return http_error(status, error_body);
+    if (!s.last)
+        return fail("the daemon closed the connection before the copy ended");
+    json_object *ok, *v;
+    if (!json_object_object_get_ex(s.last, "ok", &ok) || !json_object_get_boolean(ok)) {
+        if (s.drawn)
+            fputc('\n', stderr);
+        fprintf(stderr, "vessel: %s\n",
+                json_object_object_get_ex(s.last, "error", &v) ? json_object_get_string(v)
+                                                               : "the copy failed");
+        json_object_put(s.last);
+        return 1;
+    }
+    vs_progress_finish(&s.bar);
+    if (json_object_object_get_ex(s.last, "result", &v))
+        *out = json_object_get(v);
+    json_object_put(s.last);
+    return 0;
+}
+
 /* vessel template NAME (GOLD | --pool P --name VOL) [--compress] */
 static int verb_template(struct cli *c, const char *name, const char *gold, const char *pool,
                          const char *volume, bool compress)
@@ -378,7 +448,7 @@ static int verb_template(struct cli *c, const char *name, const char *gold, cons
               : NULL;
     free(query);
     json_object *o = NULL;
-    int rc = path ? call(c, "POST", path, NULL, "", &o, NULL) : fail("out of memory");
+    int rc = path ? call_copy(c, path, &o) : fail("out of memory");
     free(path);
     if (rc == 0) {
         if (c->json) {
@@ -785,22 +855,11 @@ static int verb_events(struct cli *c, const char *since)
     char *path = vs_asprintf("/v1/events%s%s", since ? "?since=" : "", since ? since : "");
     int status = 0;
     char *error_body = NULL;
-    int err = mgmt_client_stream(c->socket, path, &status, &error_body, print_event, c);
+    int err = mgmt_client_stream(c->socket, "GET", path, &status, &error_body, print_event, c);
     free(path);
     if (err)
         return fail(vs_error_message());
-    if (error_body) {
-        json_object *o = json_tokener_parse(error_body);
-        json_object *e;
-        if (o && json_object_object_get_ex(o, "error", &e))
-            fprintf(stderr, "vessel: %s\n", json_object_get_string(e));
-        else
-            fprintf(stderr, "vessel: HTTP %d %s\n", status, mgmt_http_reason(status));
-        json_object_put(o);
-        free(error_body);
-        return 1;
-    }
-    return 0;
+    return error_body ? http_error(status, error_body) : 0;
 }
 
 /* --token-file: the first line of FILE. */
@@ -1024,9 +1083,14 @@ int cli_vm_main(int argc, char **argv)
         if (!strcmp(verb, "stats"))
             return verb_stats(&c, ops[0]);
         if (!strcmp(verb, "clone")) {
-            char *q = vs_asprintf("name=%s&mode=%s", ops[1], copy ? "copy" : "overlay");
-            int rc = verb_action(&c, ops[0], "clone", q, "cloned");
-            free(q);
+            char *path = vs_asprintf("/v1/vms/%s/clone?name=%s&mode=%s", ops[0], ops[1],
+                                     copy ? "copy" : "overlay");
+            json_object *o = NULL;
+            int rc = path ? call_copy(&c, path, &o) : fail("out of memory");
+            free(path);
+            if (rc == 0)
+                c.json ? print_json(o) : (void)printf("VM %s cloned\n", ops[0]);
+            json_object_put(o);
             return rc;
         }
         if (!strcmp(verb, "snapshot"))

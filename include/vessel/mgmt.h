@@ -162,11 +162,11 @@ const char *mgmt_http_reason(int status);
 int mgmt_client_request(const char *target, const char *method, const char *path,
                         const char *content_type, const char *body, size_t body_len, int *status,
                         char **response, size_t *response_len);
-/* A long-lived GET (the event stream): calls line_fn for every line of a 2xx body until the
- * server closes or line_fn returns non-zero. A non-2xx status sets *status and returns 0 with the
- * body in *error_body (malloc'd). */
-int mgmt_client_stream(const char *target, const char *path, int *status, char **error_body,
-                       int (*line_fn)(void *arg, const char *line), void *arg);
+/* A streamed answer (the event stream, a copy's progress): METHOD with no body, then line_fn for
+ * every line of a 2xx body until the server closes or line_fn returns non-zero. A non-2xx status
+ * sets *status and returns 0 with the body in *error_body (malloc'd). */
+int mgmt_client_stream(const char *target, const char *method, const char *path, int *status,
+                       char **error_body, int (*line_fn)(void *arg, const char *line), void *arg);
 /* TLS client settings: the CA file that signs the daemon's certificate (NULL: system store) and
  * the bearer token (NULL: $VESSEL_TOKEN). Copied. */
 int mgmt_client_set_tls(const char *cacert, const char *token);

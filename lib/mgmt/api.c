@@ -89,6 +89,31 @@ static bool query_flag(const char *query, const char *key)
            strcmp(arg, "false") && strcmp(arg, "no");
 }
 
+/* POST /v1/vms/VM/clone or /template, the verbs that copy disks: 0 or -errno (with the message);
+ * *out the answer object (NULL: {"ok":true}), *status its HTTP status. */
+static int copy_job(struct mgmt_daemon *d, const char *vm, const char *action, const char *query,
+                    const struct mgmt_progress *progress, json_object **out, int *status)
+{
+    *out = NULL;
+    *status = 200;
+    if (!strcmp(action, "clone")) {
+        char mode[16] = "overlay", name[256];
+        mgmt_http_query_get(query, "mode", mode, sizeof(mode));
+        if (!mgmt_http_query_get(query, "name", name, sizeof(name)) || !name[0])
+            return vs_error(-EINVAL, "clone: name=NEW required");
+        return mgmt_vm_clone(d, vm, name, !strcmp(mode, "copy"), progress);
+    }
+    char pool[128], volume[256], file[1024];
+    bool in_pool = mgmt_http_query_get(query, "pool", pool, sizeof(pool));
+    bool named = mgmt_http_query_get(query, "name", volume, sizeof(volume));
+    bool at = mgmt_http_query_get(query, "path", file, sizeof(file));
+    *status = 201;
+    if (in_pool == at)
+        return vs_error(-EINVAL, "template: pool=POOL&name=VOL or path=FILE");
+    return mgmt_vm_template(d, vm, in_pool ? pool : NULL, named ? volume : NULL, at ? file : NULL,
+                            query_flag(query, "compress"), progress, out);
+}
+
 /* /v1/pools[/POOL[/volumes[/VOL[/resize]]]] */
 static void route_pools(struct mgmt_daemon *d, const struct mgmt_http_request *req, char **seg,
                         size_t n, struct api_reply *r)
@@ -483,24 +508,14 @@ static void route(struct mgmt_daemon *d, const struct mgmt_http_request *req, co
                 reply_error(r, vs_error(-EINVAL, "autostart: value=on or value=off"));
             else
                 reply_ok(r, mgmt_store_set_autostart(d->store, vm, !strcmp(arg, "on")));
-        } else if (!strcmp(a, "clone")) {
-            char mode[16] = "overlay";
-            mgmt_http_query_get(req->query, "mode", mode, sizeof(mode));
-            if (!mgmt_http_query_get(req->query, "name", arg, sizeof(arg)) || !arg[0])
-                reply_error(r, vs_error(-EINVAL, "clone: name=NEW required"));
-            else
-                reply_ok(r, mgmt_vm_clone(d, vm, arg, !strcmp(mode, "copy")));
-        } else if (!strcmp(a, "template")) {
-            char pool[128], volume[256], file[1024];
-            bool in_pool = mgmt_http_query_get(req->query, "pool", pool, sizeof(pool));
-            bool named = mgmt_http_query_get(req->query, "name", volume, sizeof(volume));
-            bool at = mgmt_http_query_get(req->query, "path", file, sizeof(file));
+        } else if (!strcmp(a, "clone") || !strcmp(a, "template")) {
             json_object *o = NULL;
-            int err = in_pool == at ? vs_error(-EINVAL, "template: pool=POOL&name=VOL or path=FILE")
-                                    : mgmt_vm_template(d, vm, in_pool ? pool : NULL,
-                                                       named ? volume : NULL, at ? file : NULL,
-                                                       query_flag(req->query, "compress"), &o);
-            reply_json(r, err, o, 201);
+            int status;
+            int err = copy_job(d, vm, a, req->query, NULL, &o, &status);
+            if (o)
+                reply_json(r, err, o, status);
+            else
+                reply_ok(r, err);
         } else if (!strcmp(a, "snapshots")) {
             if (!mgmt_http_query_get(req->query, "name", arg, sizeof(arg)) || !arg[0])
                 reply_error(r, vs_error(-EINVAL, "snapshot: name=SNAP required"));
@@ -661,6 +676,81 @@ static void api_events(struct mgmt_daemon *d, struct mgmt_conn *c, const char *q
     }
 }
 
+/* A copy's progress as lines of its streamed answer, at most five a second (and the last). A
+ * client that went away stops the lines, not the copy. */
+struct stream_progress {
+    struct mgmt_conn *c;
+    uint64_t last_ns;
+    bool gone;
+};
+
+static void stream_progress_fn(void *ctx, uint64_t done, uint64_t total)
+{
+    struct stream_progress *s = ctx;
+    uint64_t now = vs_now_ns();
+    if (s->gone || (now - s->last_ns < 200000000ull && done < total))
+        return;
+    s->last_ns = now;
+    char line[96];
+    int n = snprintf(line, sizeof(line), "{\"progress\":{\"done\":%llu,\"total\":%llu}}\n",
+                     (unsigned long long)done, (unsigned long long)total);
+    if (mgmt_conn_write(s->c, line, (size_t)n))
+        s->gone = true;
+}
+
+/* POST /v1/vms/VM/clone|template?…&progress=1: newline-delimited JSON, {"progress":{"done",
+ * "total"}} while the disks are copied, then one last line: {"ok":true,"status":S,"result":{…}}
+ * or {"ok":false,"status":S,"error":"…"} — the status the plain request would have answered. */
+static void api_copy_stream(struct mgmt_daemon *d, struct mgmt_conn *c, const char *vm,
+                            const char *action, const char *query)
+{
+    mgmt_socket_timeouts(c->fd, 10);
+    static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                               "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
+    if (mgmt_conn_write(c, head, sizeof(head) - 1))
+        return;
+    struct stream_progress sp = {.c = c};
+    struct mgmt_progress progress = {stream_progress_fn, &sp};
+    json_object *o = NULL;
+    int status;
+    int err = copy_job(d, vm, action, query, &progress, &o, &status);
+    json_object *last = json_object_new_object();
+    json_object_object_add(last, "ok", json_object_new_boolean(!err));
+    json_object_object_add(last, "status", json_object_new_int(err ? status_for(err) : status));
+    if (err) {
+        const char *msg = vs_error_message();
+        json_object_object_add(last, "error",
+                               json_object_new_string(msg[0] ? msg : strerror(-err)));
+        json_object_put(o);
+    } else {
+        if (!o) { /* as the plain request answers */
+            o = json_object_new_object();
+            json_object_object_add(o, "ok", json_object_new_boolean(1));
+        }
+        json_object_object_add(last, "result", o);
+    }
+    const char *text = json_object_to_json_string_ext(last, JSON_C_TO_STRING_PLAIN);
+    if (!sp.gone && !mgmt_conn_write(c, text, strlen(text)))
+        mgmt_conn_write(c, "\n", 1);
+    json_object_put(last);
+}
+
+/* "/v1/vms/VM/clone" or "…/template": VM and the verb, or false. */
+static bool copy_path(const char *path, char *vm, size_t vm_len, const char **action)
+{
+    static const char prefix[] = "/v1/vms/";
+    if (strncmp(path, prefix, sizeof(prefix) - 1))
+        return false;
+    const char *name = path + sizeof(prefix) - 1, *slash = strchr(name, '/');
+    if (!slash || slash == name || (size_t)(slash - name) >= vm_len)
+        return false;
+    if (strcmp(slash + 1, "clone") && strcmp(slash + 1, "template"))
+        return false;
+    snprintf(vm, vm_len, "%.*s", (int)(slash - name), name);
+    *action = slash + 1;
+    return true;
+}
+
 void mgmt_api_serve_connection(struct mgmt_daemon *d, struct mgmt_conn *fd)
 {
     char head[MGMT_HTTP_MAX_HEAD];
@@ -692,6 +782,16 @@ void mgmt_api_serve_connection(struct mgmt_daemon *d, struct mgmt_conn *fd)
             send_error(fd, 400, "unexpected request body");
         else
             api_events(d, fd, req.query);
+        return;
+    }
+    char vm[128];
+    const char *action;
+    if (!strcmp(req.method, "POST") && query_flag(req.query, "progress") &&
+        copy_path(req.path, vm, sizeof(vm), &action)) {
+        if (len > req.head_len || req.content_length)
+            send_error(fd, 400, "unexpected request body");
+        else
+            api_copy_stream(d, fd, vm, action, req.query);
         return;
     }
     char *body = NULL;

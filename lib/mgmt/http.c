@@ -442,13 +442,13 @@ int mgmt_client_request(const char *target, const char *method, const char *path
     return 0;
 }
 
-int mgmt_client_stream(const char *target, const char *path, int *status, char **error_body,
-                       int (*line_fn)(void *arg, const char *line), void *arg)
+int mgmt_client_stream(const char *target, const char *method, const char *path, int *status,
+                       char **error_body, int (*line_fn)(void *arg, const char *line), void *arg)
 {
     *status = 0;
     *error_body = NULL;
     struct mgmt_conn c;
-    int err = client_send(target, "GET", path, NULL, NULL, 0, &c);
+    int err = client_send(target, method, path, NULL, NULL, 0, &c);
     if (err)
         return err;
     size_t cap = 65536, len = 0;

@@ -155,15 +155,22 @@ int mgmt_hooks_start(const char *state_dir, unsigned timeout_s, struct mgmt_hook
 void mgmt_hooks_queue(struct mgmt_hooks *h, const char *vm, const char *event, const char *detail);
 void mgmt_hooks_stop(
     struct mgmt_hooks *h); /* waits for the running hook (bounded by its timeout) */
-/* storage.c: clone and external snapshots. */
-int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy);
+/* storage.c: clone and external snapshots. The copies clone (full) and template make report to
+ * PROGRESS when given: bytes done and total over all the disks copied. */
+struct mgmt_progress {
+    void (*fn)(void *ctx, uint64_t done, uint64_t total); /* an img_progress_fn */
+    void *ctx;
+};
+int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy,
+                  const struct mgmt_progress *progress);
 int mgmt_vm_snapshot_create(struct mgmt_daemon *d, const char *name, const char *snap);
 int mgmt_vm_snapshot_revert(struct mgmt_daemon *d, const char *name, const char *snap);
 /* A gold image: the first writable disk of a shut-off VM, its whole chain converted into one
  * standalone qcow2 at path (absolute), or as volume `volume` of pool `pool` when pool is set. Never
  * overwrites a file. *out: {vm, disk, path, format, virtual_size, disk_usage}. */
 int mgmt_vm_template(struct mgmt_daemon *d, const char *name, const char *pool, const char *volume,
-                     const char *path, bool compress, struct json_object **out);
+                     const char *path, bool compress, const struct mgmt_progress *progress,
+                     struct json_object **out);
 
 /* pool.c: storage pools (directories in the store) and their volumes (the files in them). Every
  * answer is a JSON object (*out, a new reference). */

@@ -106,7 +106,34 @@ static int store_def(struct mgmt_daemon *d, const struct vm_def *def, bool repla
     return err;
 }
 
-int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy)
+/* The progress of a copy of several disks, one img_convert after the other: each reports its own
+ * bytes; the caller sees the sum over all of them. */
+struct multi_progress {
+    const struct mgmt_progress *to;
+    uint64_t base, total;
+};
+
+static void multi_progress_fn(void *ctx, uint64_t done, uint64_t total)
+{
+    struct multi_progress *m = ctx;
+    (void)total;
+    m->to->fn(m->to->ctx, m->base + done, m->total);
+}
+
+/* The virtual size of FILE's top image (0 when it can't be opened: the copy will say why). */
+static uint64_t disk_size(const struct vm_disk *disk)
+{
+    struct img *img;
+    if (img_open(&img, disk->file, disk->format, IMG_OPEN_NO_BACKING | IMG_OPEN_NO_LOCK))
+        return 0;
+    uint64_t n = img_size(img);
+    img_close(img);
+    vs_error_clear();
+    return n;
+}
+
+int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name, bool full_copy,
+                  const struct mgmt_progress *progress)
 {
     int err = check_name("VM name", new_name);
     if (err)
@@ -136,6 +163,10 @@ int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name,
     for (size_t i = 0; i < clone->nic_count; i++)
         vm_mac_generate(clone->nics[i].mac);
     long stamp = (long)time(NULL);
+    struct multi_progress mp = {.to = progress};
+    for (size_t i = 0; full_copy && progress && i < clone->disk_count; i++)
+        if (disk_is_writable(&clone->disks[i]))
+            mp.total += disk_size(&clone->disks[i]);
     for (size_t i = 0; i < clone->disk_count && !err; i++) {
         struct vm_disk *disk = &clone->disks[i];
         if (!disk_is_writable(disk))
@@ -150,7 +181,12 @@ int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name,
             p.source_format = disk->format;
             p.target = path;
             p.target_format = "qcow2";
+            if (progress) {
+                p.progress = multi_progress_fn;
+                p.progress_ctx = &mp;
+            }
             err = img_convert(&p);
+            mp.base += progress ? disk_size(disk) : 0;
             if (!err && !(err = vm_def_set_string(&disk->file, path)))
                 err = vm_def_set_string(&disk->format, "qcow2");
         } else {
@@ -239,7 +275,8 @@ int mgmt_vm_snapshot_revert(struct mgmt_daemon *d, const char *name, const char 
 }
 
 int mgmt_vm_template(struct mgmt_daemon *d, const char *name, const char *pool, const char *volume,
-                     const char *path, bool compress, struct json_object **out)
+                     const char *path, bool compress, const struct mgmt_progress *progress,
+                     struct json_object **out)
 {
     char target[PATH_MAX + 256];
     int err = 0;
@@ -279,6 +316,10 @@ int mgmt_vm_template(struct mgmt_daemon *d, const char *name, const char *pool, 
     p.target = target;
     p.target_format = "qcow2";
     p.compress = compress;
+    if (progress) {
+        p.progress = progress->fn;
+        p.progress_ctx = progress->ctx;
+    }
     if ((err = img_convert(&p))) {
         vs_error_prefix(err, "template of VM '%s'", name);
         unlink(target);

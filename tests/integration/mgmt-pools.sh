@@ -130,6 +130,20 @@ expect_ok "template o1 --pool images --name gold.qcow2 --compress" template o1 -
 check "template --json names the volume's path" test "$(jq -r .path "$VS_OUT")" = "$P/gold.qcow2"
 assert_same "the compressed gold volume equals the VM's disk" "$P/gold.qcow2" "$P/over.qcow2"
 refused "template without a target" "template NAME GOLD" template o1
+# the copy's progress: with progress=1 the answer streams progress lines, then the plain answer's
+# status and body as its last line; `vessel template` draws them as a bar on a terminal
+curl -sN --unix-socket "$SOCK" -X POST "http://v/v1/vms/o1/template?path=$T/gold3.qcow2&progress=1" >"$T/stream.txt"
+check "streamed template: progress lines up to done = total, then ok, 201 and the path" \
+    sh -c "grep -q '\"progress\":{\"done\":' '$T/stream.txt' &&
+           grep '\"progress\"' '$T/stream.txt' | tail -1 | jq -e '.progress.done == .progress.total and .progress.total > 0' >/dev/null &&
+           tail -1 '$T/stream.txt' | jq -e '.ok == true and .status == 201 and .result.path == \"$T/gold3.qcow2\"' >/dev/null"
+curl -sN --unix-socket "$SOCK" -X POST "http://v/v1/vms/o1/template?path=$T/gold3.qcow2&progress=1" >"$T/stream.txt"
+check "streamed template onto an existing file: the last line is the 409 and its reason" \
+    sh -c "tail -1 '$T/stream.txt' | jq -e '.ok == false and .status == 409 and (.error | test(\"already exists\"))' >/dev/null"
+script -qec "$VESSEL template o1 $T/gold4.qcow2" /dev/null >"$T/tty.txt" 2>&1 || true
+check "vessel template on a terminal draws the progress bar and ends at 100 %" \
+    sh -c "grep -q '(100.0/100%)' '$T/tty.txt' && grep -q 'template of VM o1 written to $T/gold4.qcow2' '$T/tty.txt'"
+assert_same "the template made through the stream equals the VM's disk" "$T/gold3.qcow2" "$P/over.qcow2"
 expect_ok "vol create new1.qcow2 over the gold image" vol create images new1.qcow2 -b gold.qcow2
 assert_same "a new volume over the gold image reads the gold data" "$P/new1.qcow2" "$T/gold.qcow2"
 mkdef n1 "$P/new1.qcow2"
