@@ -3,26 +3,10 @@
 # on the virtio console lands in the file and unix-socket backends, a line sent through the unix
 # socket reaches the guest intact, and bad --vconsole values fail with exit 1 and one line.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
-case $VESSEL in /*) ;; *) VESSEL=$ROOT/$VESSEL ;; esac
 IT_TIMEOUT=${IT_TIMEOUT:-60}
-source "$ROOT/tests/integration/lib.sh"
-require_vessel
-PROBE=${PROBE:-$ROOT/build/guest/probe.elf}
+source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
 LINE="PROBE-VCON hello from the probe guest"
-
-if [ ! -r /dev/kvm ]; then
-    skip "no /dev/kvm here"
-    finish
-fi
-if [ ! -f "$PROBE" ]; then
-    skip "probe guest $PROBE not built (make guest)"
-    finish
-fi
 trap it_cleanup EXIT
-
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
 
 # ---- file backend: output only ----------------------------------------------------------------
 vs --kernel "$PROBE" --vconsole "file:$T/vcon.out" --cmdline "probe.tests=vcon probe.vcon.read=0"

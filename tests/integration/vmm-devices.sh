@@ -6,23 +6,7 @@
 # vCPU time; power button, poweroff and reset end with the documented exit codes; frames cross a
 # Linux bridge between two VMs in a private network namespace (no traffic leaves it).
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
-case $VESSEL in /*) ;; *) VESSEL=$ROOT/$VESSEL ;; esac
-VESSEL_IMG=${VESSEL_IMG:-$(dirname "$VESSEL")/vessel}
-IT_TIMEOUT=${IT_TIMEOUT:-90}
-source "$ROOT/tests/integration/lib.sh"
-require_vessel
-PROBE=${PROBE:-$ROOT/build/guest/probe.elf}
-
-if [ ! -r /dev/kvm ]; then
-    skip "no /dev/kvm here"
-    finish
-fi
-if [ ! -f "$PROBE" ]; then
-    skip "probe guest $PROBE not built (make guest)"
-    finish
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
 
 NETNS=""
 cleanup_all() {
@@ -34,8 +18,6 @@ cleanup_all() {
 }
 trap cleanup_all EXIT
 
-# result FILE KEY — the value of "PROBE result KEY=VALUE" (empty when absent).
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
 expect_result() {
     local got
     got=$(result "$1" "$2")
@@ -45,23 +27,6 @@ expect_result() {
 region_sha() {
     local s=${2%-*} e=${2#*-}
     dd if="$1" bs=512 skip="$s" count=$((e - s)) status=none | sha256sum | cut -d' ' -f1
-}
-api() {
-    python3 - "$1" "${@:2}" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.settimeout(10)
-for cmd in sys.argv[2:]:
-    s.sendall((cmd if cmd.startswith('{') else '{"cmd":"%s"}' % cmd).encode() + b'\n')
-    buf = b''
-    while not buf.endswith(b'\n'):
-        d = s.recv(65536)
-        if not d:
-            break
-        buf += d
-    print(buf.decode().strip())
-PY
 }
 wait_for() { # FILE PATTERN [TENTHS]
     for _ in $(seq "${3:-200}"); do grep -aq "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done

@@ -7,45 +7,14 @@
 # (exit 0), and the image holds exactly what the guest last read back (its SHA-256 of the region).
 # A client that sent {"cmd":"watch"} is told of the pause (with the reason) and of the resume.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
-case $VESSEL in /*) ;; *) VESSEL=$ROOT/$VESSEL ;; esac
-VESSEL_IMG=${VESSEL_IMG:-$(dirname "$VESSEL")/vessel}
 IT_TIMEOUT=${IT_TIMEOUT:-120}
-source "$ROOT/tests/integration/lib.sh"
-require_vessel
-PROBE=${PROBE:-$ROOT/build/guest/probe.elf}
+source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
 
-if [ ! -r /dev/kvm ]; then
-    skip "no /dev/kvm here"
-    finish
-fi
-if [ ! -f "$PROBE" ]; then
-    skip "probe guest $PROBE not built (make guest)"
-    finish
-fi
 if [ "$(id -u)" -ne 0 ]; then
     skip "the disk-full test needs root to mount a small tmpfs"
     finish
 fi
 
-api() { # SOCK JSON — one request, the answer on stdout
-    python3 - "$1" "$2" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.settimeout(30)
-s.sendall(sys.argv[2].encode() + b'\n')
-buf = b''
-while not buf.endswith(b'\n'):
-    d = s.recv(65536)
-    if not d:
-        break
-    buf += d
-print(buf.decode().strip())
-PY
-}
-value() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 # watch SOCK OUT — in the background: connect as soon as SOCK exists, send watch, copy every line
 # the VMM sends to OUT until it hangs up
 watch() {
@@ -138,8 +107,8 @@ for fmt in qcow2 raw; do
         not_ok "$fmt: watch events for the pause and the resume"
         diag <"$T/$fmt.watch"
     fi
-    region=$(value "$log" blk.region)
-    want=$(value "$log" "blk.region.$region")
+    region=$(result "$log" blk.region)
+    want=$(result "$log" "blk.region.$region")
     s=${region%-*} e=${region#*-}
     got=""
     if [ -n "$region" ]; then

@@ -8,40 +8,8 @@
 # files (truncated, garbage, wrong magic/version/size, missing or resized disk) give one line and
 # exit 1, with no sanitizer report.
 set -euo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
-case $VESSEL in /*) ;; *) VESSEL=$ROOT/$VESSEL ;; esac
-VESSEL_IMG=${VESSEL_IMG:-$(dirname "$VESSEL")/vessel}
-IT_TIMEOUT=${IT_TIMEOUT:-90}
-source "$ROOT/tests/integration/lib.sh"
-require_vessel
-PROBE=${PROBE:-$ROOT/build/guest/probe.elf}
+source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
 
-if [ ! -r /dev/kvm ]; then
-    skip "no /dev/kvm here"
-    finish
-fi
-if [ ! -f "$PROBE" ]; then
-    skip "probe guest $PROBE not built (make guest)"
-    finish
-fi
-
-api() { # SOCK JSON — one request, the answer on stdout
-    python3 - "$1" "$2" <<'PY'
-import socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.settimeout(30)
-s.sendall(sys.argv[2].encode() + b'\n')
-buf = b''
-while not buf.endswith(b'\n'):
-    d = s.recv(65536)
-    if not d:
-        break
-    buf += d
-print(buf.decode().strip())
-PY
-}
 # con SOCK LINE PATTERN [SECONDS] — type LINE on the serial console (a unix socket; it may not exist
 # yet) and print what comes back up to the end of the line holding PATTERN. The guest reads input
 # only when idle, so the line simply waits in the UART until the probe gets there.
