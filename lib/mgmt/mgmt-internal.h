@@ -155,6 +155,12 @@ int mgmt_hooks_start(const char *state_dir, unsigned timeout_s, struct mgmt_hook
 void mgmt_hooks_queue(struct mgmt_hooks *h, const char *vm, const char *event, const char *detail);
 void mgmt_hooks_stop(
     struct mgmt_hooks *h); /* waits for the running hook (bounded by its timeout) */
+/* cgroup.c: the VM's CPU cgroup (vessel/UUID under the v2 or v1 cpu controller) with cpu_weight
+ * and cpu_cap applied; *procs_fd its cgroup.procs for the keeper to join, or -1 when there is no
+ * controller and the definition asks for neither. */
+int mgmt_cgroup_prepare(const struct vm_def *def, int *procs_fd);
+void mgmt_cgroup_remove(const char *uuid); /* once its VMM and keeper are gone */
+
 /* storage.c: clone and external snapshots. The copies clone (full) and template make report to
  * PROGRESS when given: bytes done and total over all the disks copied. */
 struct mgmt_progress {

@@ -119,6 +119,18 @@ static void runtime_drop_live(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
     if (rt->keeper_pidfd >= 0)
         close(rt->keeper_pidfd);
     rt->keeper_pidfd = -1;
+    /* the CPU cgroup goes too; the caller's error message, if any, stays what it was */
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", vs_error_message());
+    struct mgmt_vm_record rec;
+    if (mgmt_store_get(d->store, rt->name, &rec) == 0) {
+        mgmt_cgroup_remove(rec.uuid);
+        mgmt_vm_record_free(&rec);
+    }
+    if (msg[0])
+        vs_error(-EIO, "%s", msg);
+    else
+        vs_error_clear();
 }
 
 /* Record a transition in memory and in the store (the caller holds rt->lock). event NULL: named
@@ -334,9 +346,10 @@ static int build_restore_argv(struct mgmt_daemon *d, const struct vm_def *def, c
     return a->failed ? vs_error(-ENOMEM, "%s: building the vessel-vmm command line", def->name) : 0;
 }
 
-/* Fork the keeper in its own session; it forks and execs the VMM. Only async-signal-safe calls
- * after fork: every path and fd is prepared before. */
-static int spawn_detached(char *const argv[], const char *run_dir, pid_t *keeper_out,
+/* Fork the keeper in its own session; it joins the VM's CPU cgroup (CGROUP_FD: its cgroup.procs,
+ * or -1) and forks and execs the VMM. Only async-signal-safe calls after fork: every path and fd
+ * is prepared before. */
+static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd, pid_t *keeper_out,
                           pid_t *vmm_out)
 {
     char log_path[PATH_MAX + 16], exit_path[PATH_MAX + 16], exit_tmp[PATH_MAX + 16];
@@ -376,6 +389,18 @@ static int spawn_detached(char *const argv[], const char *run_dir, pid_t *keeper
         signal(SIGPIPE, SIG_DFL);
         signal(SIGHUP, SIG_IGN); /* the keeper must not die with a terminal */
         prctl(PR_SET_NAME, KEEPER_COMM, 0, 0, 0);
+        if (cgroup_fd >= 0) { /* the VMM, forked next, is born in the group */
+            char digits[16], num[16];
+            int dn = 0, n = 0;
+            unsigned u = (unsigned)getpid();
+            do
+                digits[dn++] = (char)('0' + u % 10);
+            while ((u /= 10) && dn < 15);
+            while (dn)
+                num[n++] = digits[--dn];
+            if (write(cgroup_fd, num, (size_t)n) != n)
+                _exit(1); /* the daemon sees no pids on the pipe and reports it */
+        }
         pid_t vmm = fork();
         if (vmm == 0) {
             signal(SIGHUP, SIG_DFL);
@@ -521,7 +546,13 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const
     if (err || (err = mgmt_nics_attach(d, def)))
         goto out;
     pid_t keeper = 0, vmm = 0;
-    if ((err = spawn_detached(a.items, dir, &keeper, &vmm)))
+    int cgroup_fd;
+    if ((err = mgmt_cgroup_prepare(def, &cgroup_fd)))
+        goto release_nics;
+    err = spawn_detached(a.items, dir, cgroup_fd, &keeper, &vmm);
+    if (cgroup_fd >= 0)
+        close(cgroup_fd);
+    if (err)
         goto release_nics;
     int pidfd = (int)syscall(SYS_pidfd_open, keeper, 0);
     char pidfile[PATH_MAX];
