@@ -224,6 +224,22 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
         return vs_error(-EINVAL, "%s: [boot] kernel is required", def->name);
     if (def->disk_count > 16 || def->nic_count > 16)
         return vs_error(-E2BIG, "%s: more than 16 disks or NICs", def->name);
+    /* imported definitions keep the source's buses and models (for a round trip); vessel-vmm's
+     * devices are virtio, and running an ide disk as virtio-blk without saying so would leave a
+     * guest without virtio drivers unbootable for no visible reason */
+    for (size_t i = 0; i < def->disk_count; i++)
+        if (def->disks[i].bus != VM_DISK_BUS_VIRTIO)
+            return vs_error(-ENOTSUP,
+                            "%s: disk %zu (%s): bus = %s, but vessel-vmm's disks are virtio-blk: "
+                            "set bus = virtio (vessel edit %s) once the guest has virtio drivers",
+                            def->name, i + 1, def->disks[i].file,
+                            vm_disk_bus_name(def->disks[i].bus), def->name);
+    for (size_t i = 0; i < def->nic_count; i++)
+        if (def->nics[i].model != VM_NIC_MODEL_VIRTIO)
+            return vs_error(-ENOTSUP,
+                            "%s: NIC %zu: model = %s, but vessel-vmm's NICs are virtio-net: set "
+                            "model = virtio (vessel edit %s) once the guest has virtio drivers",
+                            def->name, i + 1, vm_nic_model_name(def->nics[i].model), def->name);
     argv_add(a, vs_strdup(d->vmm_path));
     if (def->boot_from == VM_BOOT_FROM_DISK) {
         /* vessel's pygrub: the VMM reads the first disk's boot config and boots its default
