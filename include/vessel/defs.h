@@ -71,6 +71,7 @@ struct vm_def {
     unsigned autostart_delay; /* seconds */
     unsigned cpu_weight;      /* relative share, 1..65535, default 256 */
     unsigned cpu_cap;         /* percent of one host CPU, 0 = no cap */
+    char *cpu_affinity;       /* host CPUs the VM may run on, canonical ("0-3,6"); NULL = any */
     /* where each top-level key was (0 when absent) */
     int name_line, uuid_line, vcpus_line, memory_line, kernel_line, from_line, cpu_cap_line;
 };
@@ -127,6 +128,11 @@ char *vm_def_to_libvirt(const struct vm_def *def);
 const char *vm_action_name(enum vm_action a);
 const char *vm_autostart_name(enum vm_autostart a);
 const char *vm_disk_bus_name(enum vm_disk_bus b);
+/* A host CPU list ("0-3,6", ranges and single CPUs, each < VM_CPU_LIST_MAX): 0 with the CPUs as
+ * bits of SET (VM_CPU_LIST_MAX / 64 words) and, when CANONICAL is given, the list rewritten in
+ * order with ranges merged (malloc'd); -EINVAL with a message naming the bad part otherwise. */
+#define VM_CPU_LIST_MAX 1024
+int vm_cpu_list_parse(const char *text, uint64_t set[VM_CPU_LIST_MAX / 64], char **canonical);
 const char *vm_nic_model_name(enum vm_nic_model m);
 
 /* Helpers the importers share (also useful to the daemon's clone). */

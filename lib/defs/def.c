@@ -357,6 +357,60 @@ struct vm_def *vm_def_new(void)
     return def;
 }
 
+int vm_cpu_list_parse(const char *text, uint64_t set[VM_CPU_LIST_MAX / 64], char **canonical)
+{
+    memset(set, 0, VM_CPU_LIST_MAX / 8);
+    if (canonical)
+        *canonical = NULL;
+    const char *p = text;
+    bool any = false;
+    while (*p) {
+        char *end;
+        if (*p < '0' || *p > '9')
+            return vs_error(-EINVAL, "'%s': expected CPU numbers and ranges like 0-3,6", text);
+        unsigned long lo = strtoul(p, &end, 10), hi = lo;
+        if (*end == '-') {
+            p = end + 1;
+            if (*p < '0' || *p > '9')
+                return vs_error(-EINVAL, "'%s': a range needs its last CPU", text);
+            hi = strtoul(p, &end, 10);
+        }
+        if (lo >= VM_CPU_LIST_MAX || hi >= VM_CPU_LIST_MAX)
+            return vs_error(-EINVAL, "'%s': CPU numbers go up to %d", text, VM_CPU_LIST_MAX - 1);
+        if (hi < lo)
+            return vs_error(-EINVAL, "'%s': range %lu-%lu runs backwards", text, lo, hi);
+        for (unsigned long c = lo; c <= hi; c++)
+            set[c / 64] |= 1ull << (c % 64);
+        any = true;
+        p = end;
+        if (*p == ',' && p[1])
+            p++;
+        else if (*p)
+            return vs_error(-EINVAL, "'%s': expected CPU numbers and ranges like 0-3,6", text);
+    }
+    if (!any)
+        return vs_error(-EINVAL, "empty CPU list");
+    if (!canonical)
+        return 0;
+    char buf[VM_CPU_LIST_MAX * 5];
+    size_t n = 0;
+    for (unsigned c = 0; c < VM_CPU_LIST_MAX;) {
+        if (!(set[c / 64] & (1ull << (c % 64)))) {
+            c++;
+            continue;
+        }
+        unsigned e = c;
+        while (e + 1 < VM_CPU_LIST_MAX && (set[(e + 1) / 64] & (1ull << ((e + 1) % 64))))
+            e++;
+        n += (size_t)snprintf(buf + n, sizeof(buf) - n, n ? ",%u" : "%u", c);
+        if (e > c)
+            n += (size_t)snprintf(buf + n, sizeof(buf) - n, "-%u", e);
+        c = e + 1;
+    }
+    *canonical = vs_strdup(buf);
+    return *canonical ? 0 : -ENOMEM;
+}
+
 void vm_def_free(struct vm_def *def)
 {
     if (!def)
@@ -378,6 +432,7 @@ void vm_def_free(struct vm_def *def)
     free(def->initrd);
     free(def->cmdline);
     free(def->boot_entry);
+    free(def->cpu_affinity);
     free(def->console_path);
     free(def);
 }
@@ -433,6 +488,7 @@ enum key {
     KEY_AUTOSTART_DELAY,
     KEY_CPU_WEIGHT,
     KEY_CPU_CAP,
+    KEY_CPU_AFFINITY,
     KEY_TOP_COUNT,
     KEY_FILE = KEY_TOP_COUNT,
     KEY_FORMAT,
@@ -470,6 +526,7 @@ static const struct {
     [KEY_AUTOSTART_DELAY] = {"autostart_delay", SECTION_TOP},
     [KEY_CPU_WEIGHT] = {"cpu_weight", SECTION_TOP},
     [KEY_CPU_CAP] = {"cpu_cap", SECTION_TOP},
+    [KEY_CPU_AFFINITY] = {"cpu_affinity", SECTION_TOP},
     [KEY_FILE] = {"file", SECTION_DISK},
     [KEY_FORMAT] = {"format", SECTION_DISK},
     [KEY_TARGET] = {"target", SECTION_DISK},
@@ -603,6 +660,15 @@ static int set_key(struct parser *p, enum key key, const char *value, int line)
     case KEY_CPU_CAP:
         def->cpu_cap_line = line;
         return uint_value(p, line, kname, value, 0, 100 * VM_DEF_MAX_VCPUS, &def->cpu_cap);
+    case KEY_CPU_AFFINITY: {
+        uint64_t set[VM_CPU_LIST_MAX / 64];
+        char *canonical;
+        if (vm_cpu_list_parse(value, set, &canonical) < 0)
+            return defs_error(p->source, line, kname, "%s", vs_error_message());
+        free(def->cpu_affinity);
+        def->cpu_affinity = canonical;
+        return 0;
+    }
     case KEY_FILE:
         if (!*value)
             return defs_error(p->source, line, kname, "empty file name");
@@ -1091,6 +1157,8 @@ char *vm_def_print(const struct vm_def *def)
     fprintf(f, "autostart_delay = %u\n", def->autostart_delay);
     fprintf(f, "cpu_weight = %u\n", def->cpu_weight);
     fprintf(f, "cpu_cap = %u\n", def->cpu_cap);
+    if (def->cpu_affinity)
+        fprintf(f, "cpu_affinity = %s\n", def->cpu_affinity);
 
     fputs("\n[boot]\n", f);
     if (def->boot_from == VM_BOOT_FROM_KERNEL) {
@@ -1156,7 +1224,8 @@ bool vm_def_equal(const struct vm_def *a, const struct vm_def *b)
         !str_eq(a->console_path, b->console_path) || a->on_poweroff != b->on_poweroff ||
         a->on_reboot != b->on_reboot || a->on_crash != b->on_crash ||
         a->autostart != b->autostart || a->autostart_delay != b->autostart_delay ||
-        a->cpu_weight != b->cpu_weight || a->cpu_cap != b->cpu_cap)
+        a->cpu_weight != b->cpu_weight || a->cpu_cap != b->cpu_cap ||
+        !str_eq(a->cpu_affinity, b->cpu_affinity))
         return false;
     for (size_t i = 0; i < a->disk_count; i++) {
         const struct vm_disk *x = &a->disks[i], *y = &b->disks[i];

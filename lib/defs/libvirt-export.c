@@ -96,7 +96,11 @@ char *vm_def_to_libvirt(const struct vm_def *def)
         element(f, "  ", "uuid", def->uuid);
     fprintf(f, "  <memory unit='KiB'>%llu</memory>\n", kib);
     fprintf(f, "  <currentMemory unit='KiB'>%llu</currentMemory>\n", kib);
-    fprintf(f, "  <vcpu placement='static'>%u</vcpu>\n", def->vcpus);
+    if (def->cpu_affinity)
+        fprintf(f, "  <vcpu placement='static' cpuset='%s'>%u</vcpu>\n", def->cpu_affinity,
+                def->vcpus);
+    else
+        fprintf(f, "  <vcpu placement='static'>%u</vcpu>\n", def->vcpus);
     fputs("  <cputune>\n", f);
     fprintf(f, "    <shares>%u</shares>\n", def->cpu_weight);
     if (def->cpu_cap) {

@@ -21,6 +21,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -362,11 +363,39 @@ static int build_restore_argv(struct mgmt_daemon *d, const struct vm_def *def, c
     return a->failed ? vs_error(-ENOMEM, "%s: building the vessel-vmm command line", def->name) : 0;
 }
 
+/* The host CPUs of the definition's cpu_affinity as a cpu_set_t (*use false when it has none);
+ * every CPU it names must be one this daemon may run on. */
+static int affinity_of(const struct vm_def *def, cpu_set_t *set, bool *use)
+{
+    *use = false;
+    if (!def->cpu_affinity)
+        return 0;
+    uint64_t want[VM_CPU_LIST_MAX / 64];
+    if (vm_cpu_list_parse(def->cpu_affinity, want, NULL) < 0)
+        return vs_error_prefix(-EINVAL, "%s: cpu_affinity", def->name);
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof(allowed), &allowed) < 0)
+        return vs_error_errno(-errno, "sched_getaffinity");
+    CPU_ZERO(set);
+    for (unsigned c = 0; c < VM_CPU_LIST_MAX && c < CPU_SETSIZE; c++) {
+        if (!(want[c / 64] & (1ull << (c % 64))))
+            continue;
+        if (!CPU_ISSET(c, &allowed))
+            return vs_error(-EINVAL,
+                            "%s: cpu_affinity %s: CPU %u is not one this host runs VMs on (it has "
+                            "%d CPUs online)",
+                            def->name, def->cpu_affinity, c, CPU_COUNT(&allowed));
+        CPU_SET(c, set);
+    }
+    *use = true;
+    return 0;
+}
+
 /* Fork the keeper in its own session; it joins the VM's CPU cgroup (CGROUP_FD: its cgroup.procs,
- * or -1) and forks and execs the VMM. Only async-signal-safe calls after fork: every path and fd
- * is prepared before. */
-static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd, pid_t *keeper_out,
-                          pid_t *vmm_out)
+ * or -1), takes the VM's CPU affinity (AFFINITY, or NULL) and forks and execs the VMM, which
+ * inherits both. Only async-signal-safe calls after fork: every path and fd is prepared before. */
+static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd,
+                          const cpu_set_t *affinity, pid_t *keeper_out, pid_t *vmm_out)
 {
     char log_path[PATH_MAX + 16], exit_path[PATH_MAX + 16], exit_tmp[PATH_MAX + 16];
     snprintf(log_path, sizeof(log_path), "%s/vmm.log", run_dir);
@@ -417,6 +446,8 @@ static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd
             if (write(cgroup_fd, num, (size_t)n) != n)
                 _exit(1); /* the daemon sees no pids on the pipe and reports it */
         }
+        if (affinity && sched_setaffinity(0, sizeof(*affinity), affinity) < 0)
+            _exit(1);
         pid_t vmm = fork();
         if (vmm == 0) {
             signal(SIGHUP, SIG_DFL);
@@ -563,9 +594,11 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const
         goto out;
     pid_t keeper = 0, vmm = 0;
     int cgroup_fd;
-    if ((err = mgmt_cgroup_prepare(def, &cgroup_fd)))
+    cpu_set_t affinity;
+    bool pin;
+    if ((err = affinity_of(def, &affinity, &pin)) || (err = mgmt_cgroup_prepare(def, &cgroup_fd)))
         goto release_nics;
-    err = spawn_detached(a.items, dir, cgroup_fd, &keeper, &vmm);
+    err = spawn_detached(a.items, dir, cgroup_fd, pin ? &affinity : NULL, &keeper, &vmm);
     if (cgroup_fd >= 0)
         close(cgroup_fd);
     if (err)

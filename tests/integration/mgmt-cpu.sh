@@ -3,7 +3,8 @@
 # VMM runs in a CPU cgroup of its own (vessel/UUID under the host's v2 or v1 cpu controller) with
 # the weight scaled to the controller's units and the cap as a CFS quota per 100 ms. A probe VM
 # that keeps its vCPU busy with cpu_cap = 25 uses at most about a quarter of a CPU, an uncapped one
-# more; the group goes with the VM.
+# more; the group goes with the VM. cpu_affinity pins every thread of the VMM to the CPUs listed;
+# a CPU the host doesn't have refuses the start with one line.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
 need_kvm_probe
@@ -64,6 +65,23 @@ awk -v a="$use1" -v b="$use2" 'BEGIN { exit !(b > a) }' &&
 
 expect_ok "destroy capped" destroy capped
 expect_ok "destroy free" destroy free
+
+LAST=$(($(nproc) - 1))
+probe_def pinned "probe.mode=idle" "" "cpu_affinity = $LAST" >"$T/pinned.vm"
+expect_ok "define pinned (cpu_affinity = $LAST)" define "$T/pinned.vm"
+expect_ok "start pinned" start pinned
+PP=$(field pinned pid)
+lists=$(cat /proc/"$PP"/task/*/status 2>/dev/null | awk '/^Cpus_allowed_list/ {print $2}' | sort -u | tr '\n' ' ')
+threads=$(ls /proc/"$PP"/task 2>/dev/null | wc -l)
+[ "$lists" = "$LAST " ] && [ "$threads" -ge 2 ] && ok "all $threads threads of pinned's vessel-vmm run on CPU $LAST only" ||
+    not_ok "pinned's threads' CPUs: '$lists' (want '$LAST')"
+expect_ok "destroy pinned" destroy pinned
+probe_def faraway "probe.mode=idle" "" "cpu_affinity = 1000" >"$T/faraway.vm"
+expect_ok "define faraway (cpu_affinity = 1000)" define "$T/faraway.vm"
+vs start faraway
+[ "$VS_RC" -eq 1 ] && [ "$(grep -c '' "$VS_ERR")" -eq 1 ] && grep -q "CPU 1000 is not one this host" "$VS_ERR" &&
+    [ "$(field faraway state)" = shutoff ] && ok "a CPU the host lacks: start refused, one line: $(cat "$VS_ERR")" ||
+    not_ok "start with cpu_affinity 1000 refused (rc $VS_RC: $(cat "$VS_ERR"))"
 for i in $(seq 50); do [ ! -d "$CG/$U1" ] && [ ! -d "$CG/$U2" ] && break; sleep 0.1; done
 [ ! -d "$CG/$U1" ] && [ ! -d "$CG/$U2" ] && ok "the groups went with the VMs" ||
     not_ok "cgroups removed ($CG/$U1 $CG/$U2)"

@@ -160,6 +160,45 @@ TEST(nic_rate_and_boot_entry)
                  "initrd: needs a kernel");
 }
 
+/* cpu_affinity: host CPU lists canonicalised; imported from xl's cpus= and libvirt's <vcpu cpuset>,
+ * exported back; bad lists refused with the line. */
+TEST(cpu_affinity_lists)
+{
+    static const struct {
+        const char *text, *canonical;
+    } ok[] = {{"0", "0"},           {"3,1,2", "1-3"}, {"0-3,6", "0-3,6"},
+              {"6,0-3,4", "0-4,6"}, {"1023", "1023"}, {"2-2", "2"}};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        uint64_t set[VM_CPU_LIST_MAX / 64];
+        char *c = NULL;
+        CHECK_OK(vm_cpu_list_parse(ok[i].text, set, &c));
+        CHECK(c && strcmp(c, ok[i].canonical) == 0);
+        free(c);
+    }
+    static const char *const bad[] = {"", "1024", "3-1", "a", "1,", ",1", "1-", "0-3,^1", "1 2"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint64_t set[VM_CPU_LIST_MAX / 64];
+        CHECK(vm_cpu_list_parse(bad[i], set, NULL) == -EINVAL);
+    }
+    round_trip("name=p\nmemory=64M\ncpu_affinity=0-1\n[disk]\nfile=/d\n");
+    struct vm_def *d = parse("name=p\nmemory=64M\ncpu_affinity=3,0,1\n[disk]\nfile=/d\n");
+    CHECK(d && d->cpu_affinity && strcmp(d->cpu_affinity, "0-1,3") == 0);
+    vm_def_free(d);
+    expect_error("name=p\nmemory=64M\ncpu_affinity=0-3,^1\n", "web1.vm: line 3: cpu_affinity:");
+    static const char xl[] = "name = \"x\"\nmemory = 256\nvcpus = 2\ncpus = \"2,0-1\"\n"
+                             "kernel = \"/boot/vmlinuz\"\n";
+    CHECK_OK(vm_def_import_xl(xl, strlen(xl), "x.cfg", &d));
+    CHECK(d && d->cpu_affinity && strcmp(d->cpu_affinity, "0-2") == 0);
+    char *xml = d ? vm_def_to_libvirt(d) : NULL;
+    CHECK(xml && strstr(xml, "cpuset='0-2'"));
+    struct vm_def *e = NULL;
+    CHECK_OK(vm_def_import_libvirt(xml, strlen(xml), "x.xml", &e));
+    CHECK(e && e->cpu_affinity && strcmp(e->cpu_affinity, "0-2") == 0);
+    free(xml);
+    vm_def_free(d);
+    vm_def_free(e);
+}
+
 TEST(validation_errors_name_line_and_key)
 {
     expect_error("name = a\nvcpus = 1\n\n\n\n\nmemory = 12Q\n",
