@@ -199,43 +199,26 @@ int mgmt_store_open(const char *path, struct mgmt_store **out)
                        version, MGMT_SCHEMA_VERSION);
         goto fail;
     }
-    if (version < 1) {
+    /* each step in one transaction, so a crash leaves the previous version whole; v3 rebuilds
+     * the vms table, and PRAGMA foreign_keys is a no-op inside a transaction: off around it */
+    static const struct {
+        const char *sql;
+        bool no_foreign_keys;
+    } steps[MGMT_SCHEMA_VERSION] = {
+        {schema_v1, false}, {schema_v2, false}, {schema_v3, true}, {schema_v4, false}};
+    for (int v = version; v < MGMT_SCHEMA_VERSION; v++) {
+        if (steps[v].no_foreign_keys && (err = store_exec(s, "PRAGMA foreign_keys=OFF")))
+            goto fail;
         if ((err = store_begin(s)))
             goto fail;
-        err = store_exec(s, schema_v1);
+        char pragma[40];
+        snprintf(pragma, sizeof(pragma), "PRAGMA user_version=%d", v + 1);
+        err = store_exec(s, steps[v].sql);
         if (!err)
-            err = store_exec(s, "PRAGMA user_version=1");
-        if ((err = store_end(s, err)))
-            goto fail;
-    }
-    if (version < 2) {
-        if ((err = store_begin(s)))
-            goto fail;
-        err = store_exec(s, schema_v2);
-        if (!err)
-            err = store_exec(s, "PRAGMA user_version=2");
-        if ((err = store_end(s, err)))
-            goto fail;
-    }
-    if (version < 3) {
-        /* PRAGMA foreign_keys is a no-op inside a transaction: switch it off around it */
-        if ((err = store_exec(s, "PRAGMA foreign_keys=OFF")) || (err = store_begin(s)))
-            goto fail;
-        err = store_exec(s, schema_v3);
-        if (!err)
-            err = store_exec(s, "PRAGMA user_version=3");
+            err = store_exec(s, pragma);
         err = store_end(s, err);
-        int fk = store_exec(s, "PRAGMA foreign_keys=ON");
+        int fk = steps[v].no_foreign_keys ? store_exec(s, "PRAGMA foreign_keys=ON") : 0;
         if (err || (err = fk))
-            goto fail;
-    }
-    if (version < 4) {
-        if ((err = store_begin(s)))
-            goto fail;
-        err = store_exec(s, schema_v4);
-        if (!err)
-            err = store_exec(s, "PRAGMA user_version=4");
-        if ((err = store_end(s, err)))
             goto fail;
     }
     *out = s;
