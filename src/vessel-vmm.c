@@ -48,7 +48,8 @@ static void usage(FILE *out)
             "  --cmdline STR        kernel command line\n"
             "  --cpus N             vCPUs (default 1)\n"
             "  --memory SIZE        guest RAM: 512 (MiB), 2G, … (default 256M)\n"
-            "  --disk FILE[,format=FMT][,readonly]   virtio-blk disk (repeatable)\n"
+            "  --disk FILE[,format=FMT][,readonly][,iops=N][,bps=SIZE]   virtio-blk disk\n"
+            "                       (repeatable); iops/bps: requests and bytes per second\n"
             "  --net tap=NAME[,mac=MAC]   virtio-net NIC on tap NAME (repeatable)\n"
             "  --rng                virtio-rng (entropy from the host's getrandom)\n"
             "  --balloon            virtio-balloon (target via the API \"balloon\" command)\n"
@@ -90,8 +91,29 @@ static int parse_disk(const char *arg, struct vmm_disk_config *disk)
         } else if (strcmp(opt, "readonly") == 0 || strcmp(opt, "readonly=on") == 0 ||
                    strcmp(opt, "ro") == 0) {
             disk->readonly = true;
+        } else if (strncmp(opt, "iops=", 5) == 0 || strncmp(opt, "bps=", 4) == 0) {
+            bool iops = opt[0] == 'i';
+            uint64_t v = 0;
+            char *end = NULL;
+            int rc = 0;
+            if (iops) {
+                errno = 0;
+                v = strtoull(opt + 5, &end, 10);
+                rc = errno || end == opt + 5 || *end || opt[5] == '-' ? -EINVAL : 0;
+            } else {
+                rc = vs_parse_size(opt + 4, &v);
+            }
+            if (rc < 0 || v == 0) {
+                rc = vs_error(-EINVAL, "--disk '%s': %s wants a positive %s", arg,
+                              iops ? "iops" : "bps", iops ? "number" : "size per second");
+                free(copy);
+                return rc;
+            }
+            *(iops ? &disk->iops : &disk->bps) = v;
         } else {
-            int rc = vs_error(-EINVAL, "--disk '%s': unknown option '%s' (format=FMT, readonly)",
+            int rc = vs_error(-EINVAL,
+                              "--disk '%s': unknown option '%s' (format=FMT, readonly, iops=N, "
+                              "bps=SIZE)",
                               arg, opt);
             free(copy);
             return rc;

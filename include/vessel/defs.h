@@ -36,8 +36,9 @@ struct vm_disk {
     enum vm_disk_bus bus;
     enum vm_disk_media media;
     bool readonly;
-    bool undo; /* writes go to an overlay that is discarded (or committed) at shutdown */
-    int line;  /* the [disk] line */
+    bool undo;          /* writes go to an overlay that is discarded (or committed) at shutdown */
+    uint64_t iops, bps; /* I/O limits: requests and data bytes per second, 0 = none */
+    int line;           /* the [disk] line */
     int file_line, target_line;
 };
 

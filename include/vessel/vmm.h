@@ -26,6 +26,8 @@ struct vmm_disk_config {
     const char *path;
     const char *format; /* NULL probes */
     bool readonly;
+    uint64_t iops; /* requests per second, 0 = unlimited */
+    uint64_t bps;  /* data bytes per second, 0 = unlimited */
 };
 
 /* One --net: a virtio-net NIC on an existing or new tap interface. */

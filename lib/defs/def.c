@@ -497,6 +497,8 @@ enum key {
     KEY_MEDIA,
     KEY_READONLY,
     KEY_UNDO,
+    KEY_IOPS,
+    KEY_BPS,
     KEY_NETWORK,
     KEY_BRIDGE,
     KEY_MAC,
@@ -534,6 +536,8 @@ static const struct {
     [KEY_MEDIA] = {"media", SECTION_DISK},
     [KEY_READONLY] = {"readonly", SECTION_DISK},
     [KEY_UNDO] = {"undo", SECTION_DISK},
+    [KEY_IOPS] = {"iops", SECTION_DISK},
+    [KEY_BPS] = {"bps", SECTION_DISK},
     [KEY_NETWORK] = {"network", SECTION_NIC},
     [KEY_BRIDGE] = {"bridge", SECTION_NIC},
     [KEY_MAC] = {"mac", SECTION_NIC},
@@ -704,6 +708,27 @@ static int set_key(struct parser *p, enum key key, const char *value, int line)
             return defs_error(p->source, line, kname, "'%s' is not yes or no", value);
         *(key == KEY_READONLY ? &disk->readonly : &disk->undo) = b;
         return 0;
+    case KEY_IOPS: {
+        unsigned n = 0;
+        if ((rc = uint_value(p, line, kname, value, 1, 10000000, &n)) == 0)
+            disk->iops = n;
+        return rc;
+    }
+    case KEY_BPS: { /* a size per second: 50M, 50M/s, 1G */
+        char text[64];
+        uint64_t n;
+        snprintf(text, sizeof(text), "%s", value);
+        size_t len = strlen(text);
+        if (len > 2 && !strcmp(text + len - 2, "/s"))
+            text[len - 2] = 0;
+        if (vs_parse_size(text, &n) < 0 || n < 4096)
+            return defs_error(p->source, line, kname,
+                              "'%s' is not a rate in bytes per second (at least 4K, like 50M)",
+                              value);
+        vs_error_clear();
+        disk->bps = n;
+        return 0;
+    }
     case KEY_NETWORK:
     case KEY_BRIDGE:
         if (!*value)
@@ -1187,6 +1212,10 @@ char *vm_def_print(const struct vm_def *def)
             fputs("media = cdrom\n", f);
         fprintf(f, "readonly = %s\n", d->readonly ? "yes" : "no");
         fprintf(f, "undo = %s\n", d->undo ? "yes" : "no");
+        if (d->iops)
+            fprintf(f, "iops = %llu\n", (unsigned long long)d->iops);
+        if (d->bps)
+            print_size(f, "bps", d->bps);
     }
     for (size_t i = 0; i < def->nic_count; i++) {
         const struct vm_nic *n = &def->nics[i];
@@ -1231,7 +1260,8 @@ bool vm_def_equal(const struct vm_def *a, const struct vm_def *b)
         const struct vm_disk *x = &a->disks[i], *y = &b->disks[i];
         if (!str_eq(x->file, y->file) || !str_eq(x->format, y->format) ||
             !str_eq(x->target, y->target) || x->bus != y->bus || x->media != y->media ||
-            x->readonly != y->readonly || x->undo != y->undo)
+            x->readonly != y->readonly || x->undo != y->undo || x->iops != y->iops ||
+            x->bps != y->bps)
             return false;
     }
     for (size_t i = 0; i < a->nic_count; i++) {

@@ -148,6 +148,16 @@ char *vm_def_to_libvirt(const struct vm_def *def)
             fputs("      <readonly/>\n", f);
         if (d->undo)
             fputs("      <transient/>\n", f);
+        if (d->iops || d->bps) {
+            fputs("      <iotune>\n", f);
+            if (d->iops)
+                fprintf(f, "        <total_iops_sec>%llu</total_iops_sec>\n",
+                        (unsigned long long)d->iops);
+            if (d->bps)
+                fprintf(f, "        <total_bytes_sec>%llu</total_bytes_sec>\n",
+                        (unsigned long long)d->bps);
+            fputs("      </iotune>\n", f);
+        }
         fputs("    </disk>\n", f);
     }
     for (size_t i = 0; i < def->nic_count; i++) {

@@ -199,6 +199,28 @@ static int import_disk(struct xctx *x, const xmlNode *n)
             d->readonly = true;
         } else if (is(c, "transient")) {
             d->undo = true;
+        } else if (is(c, "iotune")) { /* the totals; per-direction limits have no vessel key */
+            for (const xmlNode *t = c->children; t && rc == 0; t = t->next) {
+                if (t->type != XML_ELEMENT_NODE)
+                    continue;
+                bool iops = is(t, "total_iops_sec"), bytes = is(t, "total_bytes_sec");
+                if (!iops && !bytes) {
+                    unsupported(x, t, "iotune");
+                    continue;
+                }
+                char *v = text(t);
+                uint64_t num = 0;
+                if (!v)
+                    rc = -ENOMEM;
+                else if (defs_parse_uint(v, iops ? 10000000 : UINT64_MAX / 2, &num) < 0 ||
+                         num == 0 || (bytes && num < 4096))
+                    rc = defs_error(x->source, line_of(t),
+                                    iops ? "total_iops_sec" : "total_bytes_sec",
+                                    "'%s' is not a rate", v);
+                else
+                    *(iops ? &d->iops : &d->bps) = num;
+                free(v);
+            }
         } else if (!is(c, "alias") && !is(c, "address")) {
             unsupported(x, c, "disk");
         }

@@ -297,9 +297,15 @@ static int build_vmm_argv(struct mgmt_daemon *d, const struct vm_def *def, struc
             continue;
         }
         argv_add(a, vs_strdup("--disk"));
-        argv_add(a, vs_asprintf("%s%s%s%s", file, format ? ",format=" : "", format ? format : "",
-                                disk->readonly || disk->media == VM_DISK_MEDIA_CDROM ? ",readonly"
-                                                                                     : ""));
+        char limits[64] = "";
+        if (disk->iops || disk->bps)
+            snprintf(limits, sizeof(limits), "%s%.0llu%s%.0llu", disk->iops ? ",iops=" : "",
+                     (unsigned long long)disk->iops, disk->bps ? ",bps=" : "",
+                     (unsigned long long)disk->bps);
+        argv_add(
+            a, vs_asprintf("%s%s%s%s%s", file, format ? ",format=" : "", format ? format : "",
+                           disk->readonly || disk->media == VM_DISK_MEDIA_CDROM ? ",readonly" : "",
+                           limits));
     }
     for (size_t i = 0; i < def->nic_count; i++) {
         /* the tap mgmt_nics_attach made on the NIC's network or bridge */

@@ -13,8 +13,14 @@
  * and the VM is paused with the reason in its status. Resuming retries that request first; a disk
  * still full pauses again. The image is never left half-written: the request is redone whole, and
  * the image engine's allocations are all-or-nothing.
+ *
+ * I/O limits (--disk …,iops=N,bps=SIZE) are two token buckets, requests and bytes, each holding
+ * 100 ms of its rate: a request the buckets can't pay for yet goes back to the ring and the worker
+ * sleeps until they can, so the limit holds over any window past 100 ms and the guest just sees
+ * a slower disk.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +70,9 @@ struct blk {
     pthread_mutex_t lock; /* held by the worker while it touches the queue; reset waits on it */
     bool parked;          /* save in progress: leave the queue alone */
     bool stalled;         /* a request hit a full host disk: wait for resume */
+    uint64_t iops, bps;   /* limits, 0 = none */
+    double ops_tokens, byte_tokens;
+    uint64_t refill_ns;
     struct virtq_chain *chain;
     _Atomic uint64_t reads, writes, flushes, discards, write_zeroes, bytes_read, bytes_written,
         errors, requests;
@@ -246,6 +255,49 @@ static uint64_t blk_now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* The data bytes of a request: a read's writable part before the status byte, a write's
+ * readable part after the header (discard/write-zeroes count their small segment lists). */
+static uint64_t chain_bytes(const struct virtq_chain *c)
+{
+    return (c->readable > 16 ? c->readable - 16 : 0) + (c->writable > 1 ? c->writable - 1 : 0);
+}
+
+/* Take one request of BYTES from the buckets: 0, or how long to wait before it fits. */
+static uint64_t throttle_take(struct blk *b, uint64_t bytes)
+{
+    if (!b->iops && !b->bps)
+        return 0;
+    uint64_t now = blk_now_ns();
+    double dt = (double)(now - b->refill_ns) / 1e9;
+    b->refill_ns = now;
+    double wait = 0;
+    if (b->iops) {
+        double cap = VS_MAX(1.0, (double)b->iops / 10);
+        b->ops_tokens = VS_MIN(cap, b->ops_tokens + dt * (double)b->iops);
+        if (b->ops_tokens < 1.0)
+            wait = VS_MAX(wait, (1.0 - b->ops_tokens) / (double)b->iops);
+    }
+    if (b->bps) { /* a request larger than 100 ms of the rate still goes, once the bucket fills */
+        double cap = VS_MAX((double)bytes, (double)b->bps / 10);
+        b->byte_tokens = VS_MIN(cap, b->byte_tokens + dt * (double)b->bps);
+        if (b->byte_tokens < (double)bytes)
+            wait = VS_MAX(wait, ((double)bytes - b->byte_tokens) / (double)b->bps);
+    }
+    if (wait > 0)
+        return (uint64_t)(wait * 1e9) + 1;
+    b->ops_tokens -= b->iops ? 1.0 : 0;
+    b->byte_tokens -= b->bps ? (double)bytes : 0;
+    return 0;
+}
+
+/* Sleep NS for the buckets to refill; false when the device is being destroyed meanwhile. */
+static bool throttle_sleep(struct blk *b, uint64_t ns)
+{
+    struct timespec ts = {(time_t)(ns / 1000000000u), (long)(ns % 1000000000u)};
+    struct pollfd p = {b->stop_fd, POLLIN, 0};
+    return ppoll(&p, 1, &ts, NULL) <= 0 || !p.revents;
+}
+
 /* Serve the queue until it has been dry for BLK_POLL_NS. While we work — and while we watch
  * the dry ring — the driver need not kick (each kick is a trap, ~10-70 µs on PVM): a driver
  * that keeps a queue depth resubmits within microseconds, and finds us still looking. Only
@@ -264,8 +316,13 @@ static void blk_process(struct blk *b)
         }
         virtq_set_notify(q, false);
         bool any = false, sleep = false, full = false;
+        uint64_t throttled = 0;
         int rc;
         while ((rc = virtq_pop(q, b->chain)) > 0) {
+            if ((throttled = throttle_take(b, chain_bytes(b->chain)))) {
+                virtq_unpop(q); /* taken again once the buckets refill */
+                break;
+            }
             uint32_t len = blk_request(b, b->chain, &full);
             if (full) {
                 virtq_unpop(q); /* back to the ring, for the retry after resume */
@@ -286,6 +343,15 @@ static void blk_process(struct blk *b)
                      b->path);
             machine_pause_for(b->machine, reason);
             return;
+        }
+        if (throttled) {
+            pthread_mutex_unlock(&b->lock);
+            if (any)
+                virtio_pci_interrupt(b->vp, 0);
+            if (!throttle_sleep(b, throttled))
+                return;
+            dry_since = 0;
+            continue;
         }
         if (rc == 0 && !any) {
             uint64_t now = blk_now_ns();
@@ -441,6 +507,11 @@ int virtio_blk_create(struct machine *m, const struct vmm_disk_config *disk)
     b->machine = m;
     b->kick_fd = b->stop_fd = -1;
     b->readonly = disk->readonly;
+    b->iops = disk->iops;
+    b->bps = disk->bps;
+    b->ops_tokens = VS_MAX(1.0, (double)b->iops / 10); /* full buckets to begin with */
+    b->byte_tokens = (double)b->bps / 10;
+    b->refill_ns = blk_now_ns();
     pthread_mutex_init(&b->lock, NULL);
     b->path = vs_strdup(disk->path);
     b->chain = vs_malloc(sizeof(*b->chain));

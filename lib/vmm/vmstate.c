@@ -325,6 +325,11 @@ void vmstate_config_write(struct vmstate_writer *w, const struct vmm_config *c,
     vmw_str(w, c->name);
     vmw_str(w, c->uuid);
     vmw_str(w, save_id);
+    vmw_u32(w, (uint32_t)c->disk_count); /* added later still: the disks' I/O limits */
+    for (size_t i = 0; i < c->disk_count; i++) {
+        vmw_u64(w, c->disks[i].iops);
+        vmw_u64(w, c->disks[i].bps);
+    }
 }
 
 /* Read a string and remember it in F (owned there). */
@@ -401,6 +406,14 @@ static int config_parse(struct vmstate_file *f, const struct vmstate_section *s,
                           (!c->uuid || strlen(c->uuid) <= VMM_IDENTITY_MAX) &&
                           (!id || strlen(id) < sizeof(f->cfg.save_id)));
         snprintf(f->cfg.save_id, sizeof(f->cfg.save_id), "%s", id && !r.failed ? id : "");
+    }
+    if (!r.failed && r.pos < r.len) { /* the disks' I/O limits */
+        uint32_t limits = vmr_u32(&r);
+        vmr_check(&r, limits == c->disk_count);
+        for (uint32_t i = 0; i < limits && !r.failed; i++) {
+            c->disks[i].iops = vmr_u64(&r);
+            c->disks[i].bps = vmr_u64(&r);
+        }
     }
     int rc = vmr_finish(&r);
     if (rc < 0)

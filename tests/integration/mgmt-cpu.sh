@@ -4,7 +4,7 @@
 # the weight scaled to the controller's units and the cap as a CFS quota per 100 ms. A probe VM
 # that keeps its vCPU busy with cpu_cap = 25 uses at most about a quarter of a CPU, an uncapped one
 # more; the group goes with the VM. cpu_affinity pins every thread of the VMM to the CPUs listed;
-# a CPU the host doesn't have refuses the start with one line.
+# a CPU the host doesn't have refuses the start with one line. A disk's iops/bps reach its VMM.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/mgmt-common.bash"
 need_kvm_probe
@@ -76,6 +76,18 @@ threads=$(ls /proc/"$PP"/task 2>/dev/null | wc -l)
 [ "$lists" = "$LAST " ] && [ "$threads" -ge 2 ] && ok "all $threads threads of pinned's vessel-vmm run on CPU $LAST only" ||
     not_ok "pinned's threads' CPUs: '$lists' (want '$LAST')"
 expect_ok "destroy pinned" destroy pinned
+# a disk's iops/bps reach its VMM (vmm-devices measures them holding)
+truncate -s 16M "$T/lim.raw"
+{
+    probe_def limited "probe.mode=idle"
+    printf '[disk]\nfile = %s\nformat = raw\niops = 300\nbps = 4M\n' "$T/lim.raw"
+} >"$T/limited.vm"
+expect_ok "define limited ([disk] iops = 300, bps = 4M)" define "$T/limited.vm"
+expect_ok "start limited" start limited
+tr '\0' ' ' <"/proc/$(field limited pid)/cmdline" | grep -q "lim.raw,format=raw,iops=300,bps=4194304" &&
+    ok "its vessel-vmm got --disk …,iops=300,bps=4194304" ||
+    not_ok "iops/bps on vessel-vmm's command line: $(tr '\0' ' ' <"/proc/$(field limited pid)/cmdline")"
+expect_ok "destroy limited" destroy limited
 probe_def faraway "probe.mode=idle" "" "cpu_affinity = 1000" >"$T/faraway.vm"
 expect_ok "define faraway (cpu_affinity = 1000)" define "$T/faraway.vm"
 vs start faraway

@@ -3,7 +3,8 @@
 # host checks what it did: bytes written through virtio-blk land in raw and qcow2 images; reads
 # through a qcow2 backing chain checksum like the base; virtio-rng returns data; balloon
 # inflation gives memory back (the VMM's RSS stays low, the pages are discarded); pause stops
-# vCPU time; power button, poweroff and reset end with the documented exit codes; frames cross a
+# vCPU time; I/O limits (iops=, bps=) hold the guest's rates; power button, poweroff and reset
+# end with the documented exit codes; frames cross a
 # Linux bridge between two VMs in a private network namespace (no traffic leaves it).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
@@ -49,6 +50,26 @@ fi
 if [ -n "$region" ]; then
     expect_result "$T/raw.out" "blk.region.$region" "$(region_sha "$T/disk.raw" "$region")" \
         "raw: bytes the guest wrote landed in the image file"
+fi
+
+# ---- virtio-blk I/O limits: the guest's own rates stay under them --------------------------------
+vs --kernel "$PROBE" --disk "$T/disk.raw,iops=400" --cmdline "probe.tests=blk probe.blk.size=4M probe.blk.rand_ops=400"
+riops=$(result "$VS_OUT" blk.rand_read_iops)
+wiops=$(result "$VS_OUT" blk.rand_write_iops)
+if [ "$VS_RC" -eq 0 ] && [ -n "$riops" ] && [ "$riops" -ge 250 ] && [ "$riops" -le 480 ] &&
+    [ "$wiops" -ge 250 ] && [ "$wiops" -le 480 ]; then
+    ok "iops=400: the guest measured $riops random reads/s and $wiops writes/s"
+else
+    not_ok "iops=400 holds (reads '$riops'/s, writes '$wiops'/s, exit $VS_RC)"
+fi
+vs --kernel "$PROBE" --disk "$T/disk.raw,bps=8M" --cmdline "probe.tests=blk probe.blk.size=8M probe.blk.rand_ops=100"
+rkib=$(result "$VS_OUT" blk.seq_read_kib_per_s)
+wkib=$(result "$VS_OUT" blk.seq_write_kib_per_s)
+if [ "$VS_RC" -eq 0 ] && [ -n "$rkib" ] && [ "$rkib" -ge 5000 ] && [ "$rkib" -le 10240 ] &&
+    [ "$wkib" -ge 5000 ] && [ "$wkib" -le 10240 ] && grep -q '^PROBE ok' "$VS_OUT"; then
+    ok "bps=8M: the guest measured $rkib KiB/s reading, $wkib KiB/s writing, all verified"
+else
+    not_ok "bps=8M holds (read '$rkib', write '$wkib' KiB/s, exit $VS_RC)"
 fi
 
 # ---- virtio-blk: qcow2 ----------------------------------------------------------------------

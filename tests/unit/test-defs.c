@@ -199,6 +199,26 @@ TEST(cpu_affinity_lists)
     vm_def_free(e);
 }
 
+/* [disk] iops and bps: kept, printed back, exported to libvirt <iotune> and imported again. */
+TEST(disk_io_limits)
+{
+    round_trip("name=l\nmemory=64M\n[disk]\nfile=/d\niops=500\nbps=50M\n");
+    struct vm_def *d = parse("name=l\nmemory=64M\n[disk]\nfile=/d\niops=500\nbps=8M/s\n");
+    CHECK(d && d->disks[0].iops == 500 && d->disks[0].bps == 8 << 20);
+    char *xml = d ? vm_def_to_libvirt(d) : NULL;
+    CHECK(xml && strstr(xml, "<total_iops_sec>500</total_iops_sec>") &&
+          strstr(xml, "<total_bytes_sec>8388608</total_bytes_sec>"));
+    struct vm_def *e = NULL;
+    CHECK_OK(vm_def_import_libvirt(xml, strlen(xml), "l.xml", &e));
+    CHECK(e && e->disk_count == 1 && e->disks[0].iops == 500 && e->disks[0].bps == 8 << 20);
+    free(xml);
+    vm_def_free(d);
+    vm_def_free(e);
+    expect_error("name=l\nmemory=64M\n[disk]\nfile=/d\niops=0\n", "web1.vm: line 5: iops:");
+    expect_error("name=l\nmemory=64M\n[disk]\nfile=/d\nbps=fast\n", "web1.vm: line 5: bps:");
+    expect_error("name=l\nmemory=64M\n[disk]\nfile=/d\nbps=100\n", "at least 4K");
+}
+
 TEST(validation_errors_name_line_and_key)
 {
     expect_error("name = a\nvcpus = 1\n\n\n\n\nmemory = 12Q\n",

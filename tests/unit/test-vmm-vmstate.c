@@ -39,8 +39,8 @@ static uint8_t *build_state(const struct vmm_config *config, const uint64_t *siz
 }
 
 static const struct vmm_disk_config disks[] = {
-    {"/images/a.raw", "raw", false},
-    {"/images/b.qcow2", NULL, true},
+    {"/images/a.raw", "raw", false, 500, 10 << 20},
+    {"/images/b.qcow2", NULL, true, 0, 0},
 };
 static const struct vmm_net_config nets[] = {
     {"tap-x", {0x52, 0x54, 0, 1, 2, 3}, true},
@@ -88,6 +88,7 @@ TEST(vmstate_config_round_trip)
     CHECK(strcmp(f.cfg.boot_how, "PVH entry 0x100020") == 0);
     CHECK(!strcmp(g->name, "web1") && !strcmp(g->uuid, "6f1e0c2a-0000-4000-8000-000000000001"));
     CHECK(!strcmp(f.cfg.save_id, "00ff00ff00ff00ff00ff00ff00ff00ff"));
+    CHECK(g->disks[0].iops == 500 && g->disks[0].bps == 10 << 20 && !g->disks[1].iops);
     const struct vmstate_section *s = vmstate_find(&f, "serial", 0);
     CHECK(s && s->len == 4);
     CHECK(vmstate_find(&f, "serial", 1) == NULL);
@@ -102,7 +103,7 @@ TEST(vmstate_without_identity)
 {
     struct vmm_config c = sample_config();
     size_t len;
-    uint8_t *buf = build_state_cut(&c, sizes, (4 + 4) + (4 + 36) + (4 + 32), &len);
+    uint8_t *buf = build_state_cut(&c, sizes, (4 + 4) + (4 + 36) + (4 + 32) + (4 + 2 * 16), &len);
     struct vmstate_file f;
     CHECK_OK(vmstate_parse(buf, len, &f, "old.save"));
     CHECK(f.cfg.config.name == NULL && f.cfg.config.uuid == NULL && f.cfg.save_id[0] == 0);
