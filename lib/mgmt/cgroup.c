@@ -7,7 +7,9 @@
  * 100, v1 cpu.shares 1024); Xen's cap (percent of one CPU, 0 = none) is a CFS bandwidth quota per
  * 100 ms period. Both hierarchies are supported — v2 (cgroup.controllers lists cpu) first, else
  * the v1 cpu controller — because hosts still mount either. The keeper joins the cgroup before it
- * forks the VMM, so no VMM thread ever runs outside it. Where no CPU controller can be written
+ * forks the VMM, so no VMM thread ever runs outside it, and removes it when the VMM has exited (it
+ * moves itself back to the root first), so no empty group is left behind by a VM that ended while
+ * the daemon was away. Where no CPU controller can be written
  * (no root, none mounted) a VM with the default weight and no cap starts anyway; one that asks for
  * either is refused with the reason, never started with its setting silently ignored.
  */
@@ -68,9 +70,10 @@ static void cgroup_dir(int version, const char *uuid, char *out, size_t len)
     snprintf(out, len, "%s/vessel/%s", version == 2 ? V2_ROOT : V1_ROOT, uuid);
 }
 
-int mgmt_cgroup_prepare(const struct vm_def *def, int *procs_fd)
+int mgmt_cgroup_prepare(const struct vm_def *def, struct mgmt_cgroup *cg)
 {
-    *procs_fd = -1;
+    cg->procs_fd = -1;
+    cg->dir[0] = 0;
     bool asked = def->cpu_weight != 256 || def->cpu_cap != 0;
     int version = cgroup_version();
     if (!version)
@@ -79,9 +82,9 @@ int mgmt_cgroup_prepare(const struct vm_def *def, int *procs_fd)
                                 "none is mounted (" V2_ROOT " or " V1_ROOT ")",
                                 def->name)
                      : 0;
-    char base[PATH_MAX], dir[PATH_MAX], value[64];
+    char base[PATH_MAX], value[64], *dir = cg->dir;
     snprintf(base, sizeof(base), "%s/vessel", version == 2 ? V2_ROOT : V1_ROOT);
-    cgroup_dir(version, def->uuid, dir, sizeof(dir));
+    cgroup_dir(version, def->uuid, dir, sizeof(cg->dir));
     int err = 0;
     if (mkdir(base, 0755) < 0 && errno != EEXIST)
         err = vs_error_errno(-errno, "%s", base);
@@ -118,8 +121,15 @@ int mgmt_cgroup_prepare(const struct vm_def *def, int *procs_fd)
     if (!err) {
         char procs[PATH_MAX + 16];
         snprintf(procs, sizeof(procs), "%s/cgroup.procs", dir);
-        if ((*procs_fd = open(procs, O_WRONLY | O_CLOEXEC)) < 0)
+        if ((cg->procs_fd = open(procs, O_WRONLY | O_CLOEXEC)) < 0)
             err = vs_error_errno(-errno, "%s", procs);
+        snprintf(cg->root_procs, sizeof(cg->root_procs), "%s/cgroup.procs",
+                 version == 2 ? V2_ROOT : V1_ROOT);
+    }
+    if (err) {
+        mgmt_cgroup_close(cg);
+        rmdir(dir);
+        cg->dir[0] = 0;
     }
     if (err && !asked) { /* nothing was asked for: run without a group of its own */
         vs_error_clear();
@@ -128,6 +138,13 @@ int mgmt_cgroup_prepare(const struct vm_def *def, int *procs_fd)
     if (err)
         return vs_error_prefix(err, "VM '%s': cpu_weight/cpu_cap", def->name);
     return 0;
+}
+
+void mgmt_cgroup_close(struct mgmt_cgroup *cg)
+{
+    if (cg->procs_fd >= 0)
+        close(cg->procs_fd);
+    cg->procs_fd = -1;
 }
 
 void mgmt_cgroup_remove(const char *uuid)

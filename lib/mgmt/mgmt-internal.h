@@ -32,6 +32,7 @@ struct mgmt_vm_runtime {
     /* The monitor thread's own (no lock): a {"cmd":"watch"} connection to the running VMM, which
      * says when the VMM paused the VM by itself (a full host disk); -1 when none. */
     int watch_fd;
+    char uuid[37]; /* the running VM's, for its CPU cgroup; "" when not live */
     uint64_t watch_retry_ns;
     size_t watch_len;
     char watch_buf[2048];
@@ -123,6 +124,9 @@ void *mgmt_monitor_thread(void *arg);
 void mgmt_monitor_wake(struct mgmt_daemon *d);
 /* DIR/run/NAME/FILE into buf. */
 int mgmt_run_path(struct mgmt_daemon *d, const char *name, const char *file, char *buf, size_t len);
+/* Write TEXT to DIR/run/NAME/FILE by rename (fsynced), so a reader never sees half of it. */
+int mgmt_run_file_write(struct mgmt_daemon *d, const char *name, const char *file,
+                        const char *text);
 
 /* api.c: one connection, read → route → respond (the caller closes). */
 void mgmt_api_serve_connection(struct mgmt_daemon *d, struct mgmt_conn *c);
@@ -156,10 +160,17 @@ void mgmt_hooks_queue(struct mgmt_hooks *h, const char *vm, const char *event, c
 void mgmt_hooks_stop(
     struct mgmt_hooks *h); /* waits for the running hook (bounded by its timeout) */
 /* cgroup.c: the VM's CPU cgroup (vessel/UUID under the v2 or v1 cpu controller) with cpu_weight
- * and cpu_cap applied; *procs_fd its cgroup.procs for the keeper to join, or -1 when there is no
- * controller and the definition asks for neither. */
-int mgmt_cgroup_prepare(const struct vm_def *def, int *procs_fd);
-void mgmt_cgroup_remove(const char *uuid); /* once its VMM and keeper are gone */
+ * and cpu_cap applied. The keeper joins it through procs_fd and, once its VMM has exited, moves
+ * itself to root_procs and removes dir — so a group never outlives its VM, daemon or not.
+ * procs_fd is -1 when there is no controller and the definition asks for neither. */
+struct mgmt_cgroup {
+    int procs_fd;
+    char dir[PATH_MAX];
+    char root_procs[64];
+};
+int mgmt_cgroup_prepare(const struct vm_def *def, struct mgmt_cgroup *cg);
+void mgmt_cgroup_close(struct mgmt_cgroup *cg); /* the daemon's copy of procs_fd, after the fork */
+void mgmt_cgroup_remove(const char *uuid);      /* a group whose keeper could not remove it */
 
 /* storage.c: clone and external snapshots. The copies clone (full) and template make report to
  * PROGRESS when given: bytes done and total over all the disks copied. */

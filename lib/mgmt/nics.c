@@ -41,24 +41,16 @@ struct nic_record {
 static int records_save(struct mgmt_daemon *d, const char *vm, const struct nic_record *recs,
                         size_t count)
 {
-    char path[PATH_MAX], tmp[PATH_MAX + 8];
-    int err = mgmt_run_path(d, vm, NICS_FILE, path, sizeof(path));
-    if (err)
-        return err;
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    FILE *f = fopen(tmp, "we");
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
     if (!f)
-        return vs_error_errno(-errno, "%s", tmp);
+        return -ENOMEM;
     for (size_t i = 0; i < count; i++)
         fprintf(f, "%s %s %s\n", recs[i].tap, recs[i].bridge ? "bridge" : "network", recs[i].name);
-    bool failed = fflush(f) != 0 || fsync(fileno(f)) != 0;
-    failed |= fclose(f) != 0;
-    if (failed || rename(tmp, path) < 0) {
-        err = vs_error_errno(-errno, "%s", path);
-        unlink(tmp);
-        return err;
-    }
-    return 0;
+    int err = fclose(f) == 0 ? mgmt_run_file_write(d, vm, NICS_FILE, text) : -ENOMEM;
+    free(text);
+    return err;
 }
 
 /* A tap on a host bridge: vessel's tap settings (host-side MAC, the bridge's MTU), no rules. */

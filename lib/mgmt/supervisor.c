@@ -120,18 +120,9 @@ static void runtime_drop_live(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
     if (rt->keeper_pidfd >= 0)
         close(rt->keeper_pidfd);
     rt->keeper_pidfd = -1;
-    /* the CPU cgroup goes too; the caller's error message, if any, stays what it was */
-    char msg[512];
-    snprintf(msg, sizeof(msg), "%s", vs_error_message());
-    struct mgmt_vm_record rec;
-    if (mgmt_store_get(d->store, rt->name, &rec) == 0) {
-        mgmt_cgroup_remove(rec.uuid);
-        mgmt_vm_record_free(&rec);
-    }
-    if (msg[0])
-        vs_error(-EIO, "%s", msg);
-    else
-        vs_error_clear();
+    if (rt->uuid[0]) /* its CPU cgroup, named by the uuid it ran with */
+        mgmt_cgroup_remove(rt->uuid);
+    rt->uuid[0] = 0;
 }
 
 /* Record a transition in memory and in the store (the caller holds rt->lock). event NULL: named
@@ -369,6 +360,19 @@ static int build_restore_argv(struct mgmt_daemon *d, const struct vm_def *def, c
     return a->failed ? vs_error(-ENOMEM, "%s: building the vessel-vmm command line", def->name) : 0;
 }
 
+/* U in decimal into BUF (room for 11 bytes); its length. No libc: the keeper runs it after fork. */
+static size_t keeper_utoa(unsigned u, char *buf)
+{
+    char digits[10];
+    size_t dn = 0, n = 0;
+    do
+        digits[dn++] = (char)('0' + u % 10);
+    while ((u /= 10) && dn < sizeof(digits));
+    while (dn)
+        buf[n++] = digits[--dn];
+    return n;
+}
+
 /* The host CPUs of the definition's cpu_affinity as a cpu_set_t (*use false when it has none);
  * every CPU it names must be one this daemon may run on. */
 static int affinity_of(const struct vm_def *def, cpu_set_t *set, bool *use)
@@ -400,7 +404,7 @@ static int affinity_of(const struct vm_def *def, cpu_set_t *set, bool *use)
 /* Fork the keeper in its own session; it joins the VM's CPU cgroup (CGROUP_FD: its cgroup.procs,
  * or -1), takes the VM's CPU affinity (AFFINITY, or NULL) and forks and execs the VMM, which
  * inherits both. Only async-signal-safe calls after fork: every path and fd is prepared before. */
-static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd,
+static int spawn_detached(char *const argv[], const char *run_dir, const struct mgmt_cgroup *cg,
                           const cpu_set_t *affinity, pid_t *keeper_out, pid_t *vmm_out)
 {
     char log_path[PATH_MAX + 16], exit_path[PATH_MAX + 16], exit_tmp[PATH_MAX + 16];
@@ -440,18 +444,10 @@ static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd
         signal(SIGPIPE, SIG_DFL);
         signal(SIGHUP, SIG_IGN); /* the keeper must not die with a terminal */
         prctl(PR_SET_NAME, KEEPER_COMM, 0, 0, 0);
-        if (cgroup_fd >= 0) { /* the VMM, forked next, is born in the group */
-            char digits[16], num[16];
-            int dn = 0, n = 0;
-            unsigned u = (unsigned)getpid();
-            do
-                digits[dn++] = (char)('0' + u % 10);
-            while ((u /= 10) && dn < 15);
-            while (dn)
-                num[n++] = digits[--dn];
-            if (write(cgroup_fd, num, (size_t)n) != n)
-                _exit(1); /* the daemon sees no pids on the pipe and reports it */
-        }
+        char self[16];
+        size_t self_len = keeper_utoa((unsigned)getpid(), self);
+        if (cg->procs_fd >= 0 && write(cg->procs_fd, self, self_len) != (ssize_t)self_len)
+            _exit(1); /* the VMM, forked next, is born in the group; else the daemon sees no pids */
         if (affinity && sched_setaffinity(0, sizeof(*affinity), affinity) < 0)
             _exit(1);
         pid_t vmm = fork();
@@ -476,20 +472,20 @@ static int spawn_detached(char *const argv[], const char *run_dir, int cgroup_fd
             while (waitpid(vmm, &status, 0) < 0 && errno == EINTR)
                 ;
         int code = vmm < 0 ? 4 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (cg->procs_fd >=
+            0) { /* the group ends with its VMM, whether the daemon is there or not */
+            int root = open(cg->root_procs, O_WRONLY | O_CLOEXEC);
+            if (root >= 0 && write(root, self, self_len) == (ssize_t)self_len)
+                rmdir(cg->dir);
+            if (root >= 0)
+                close(root);
+        }
         int fd = open(exit_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
         if (fd >= 0) {
             char buf[16];
-            int n = 0;
-            char digits[12];
-            int dn = 0;
-            unsigned u = (unsigned)code;
-            do
-                digits[dn++] = (char)('0' + u % 10);
-            while ((u /= 10) && dn < 11);
-            while (dn)
-                buf[n++] = digits[--dn];
+            size_t n = keeper_utoa((unsigned)code, buf);
             buf[n++] = '\n';
-            ignored = write(fd, buf, (size_t)n);
+            ignored = write(fd, buf, n);
             fsync(fd);
             close(fd);
             rename(exit_tmp, exit_path);
@@ -599,14 +595,13 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const
     if (err || (err = mgmt_nics_attach(d, def)))
         goto out;
     pid_t keeper = 0, vmm = 0;
-    int cgroup_fd;
+    struct mgmt_cgroup cg;
     cpu_set_t affinity;
     bool pin;
-    if ((err = affinity_of(def, &affinity, &pin)) || (err = mgmt_cgroup_prepare(def, &cgroup_fd)))
+    if ((err = affinity_of(def, &affinity, &pin)) || (err = mgmt_cgroup_prepare(def, &cg)))
         goto release_nics;
-    err = spawn_detached(a.items, dir, cgroup_fd, pin ? &affinity : NULL, &keeper, &vmm);
-    if (cgroup_fd >= 0)
-        close(cgroup_fd);
+    err = spawn_detached(a.items, dir, &cg, pin ? &affinity : NULL, &keeper, &vmm);
+    mgmt_cgroup_close(&cg);
     if (err)
         goto release_nics;
     int pidfd = (int)syscall(SYS_pidfd_open, keeper, 0);
@@ -651,12 +646,14 @@ static int spawn_locked(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt, const
     rt->pid = vmm;
     rt->keeper_pid = keeper;
     rt->keeper_pidfd = pidfd;
+    snprintf(rt->uuid, sizeof(rt->uuid), "%s", def->uuid);
     rt->stop_requested = false;
     goto out;
 release_nics : {
     char msg[512];
     snprintf(msg, sizeof(msg), "%s", vs_error_message());
     mgmt_nics_release(d, rt->name);
+    mgmt_cgroup_remove(def->uuid); /* made for a VMM that never ran: rmdir of an empty group */
     vs_error(err, "%s", msg);
 }
 out:
@@ -886,9 +883,7 @@ int mgmt_vm_query(struct mgmt_daemon *d, const char *name, const char *cmd, char
 
 /* ---- save and restore (xm save / xm restore) ------------------------------------------------- */
 
-/* Write text to DIR/run/NAME/FILE by rename, so a reader never sees half of it. */
-static int write_run_file(struct mgmt_daemon *d, const char *name, const char *file,
-                          const char *text)
+int mgmt_run_file_write(struct mgmt_daemon *d, const char *name, const char *file, const char *text)
 {
     char path[PATH_MAX], tmp[PATH_MAX + 8];
     int err = mgmt_run_path(d, name, file, path, sizeof(path));
@@ -936,7 +931,7 @@ int mgmt_vm_save(struct mgmt_daemon *d, const char *name, const char *path, char
     if (!line || !req)
         err = -ENOMEM;
     if (!err)
-        err = write_run_file(d, name, "save.path", line);
+        err = mgmt_run_file_write(d, name, "save.path", line);
     if (!err)
         err = mgmt_run_path(d, name, "api.sock", api, sizeof(api));
     if (!err)
@@ -1338,6 +1333,7 @@ static void reattach_one(struct mgmt_daemon *d, const struct mgmt_vm_record *rec
         rt->pid = vmm;
         rt->keeper_pid = keeper;
         rt->keeper_pidfd = pidfd;
+        snprintf(rt->uuid, sizeof(rt->uuid), "%s", rec->uuid);
         snprintf(rt->state, sizeof(rt->state), "%s", state);
         mgmt_disks_claim_definition(d, rec->name, true);
         if (strcmp(rec->state, state) || rec->pid != vmm)
@@ -1347,6 +1343,7 @@ static void reattach_one(struct mgmt_daemon *d, const struct mgmt_vm_record *rec
     } else if (mgmt_state_is_live(rec->state)) {
         /* it ended while we were away: the keeper's exit file says how */
         snprintf(rt->state, sizeof(rt->state), "%s", rec->state);
+        snprintf(rt->uuid, sizeof(rt->uuid), "%s", rec->uuid); /* its cgroup goes with it */
         int code = read_exit_code(d, rec->name);
         if (code < 0) {
             rt->stop_requested = false;
