@@ -474,23 +474,29 @@ static char *absolute_path(const char *path)
     return getcwd(cwd, sizeof(cwd)) ? vs_asprintf("%s/%s", cwd, path) : NULL;
 }
 
+/* POST URL with the body {"path": FILE} ({} when FILE is NULL): save and restore. */
+static int post_state_file(struct cli *c, const char *url, const char *file, json_object **o)
+{
+    json_object *body = json_object_new_object();
+    if (!body)
+        return fail("out of memory");
+    if (file)
+        json_object_object_add(body, "path", json_object_new_string(file));
+    int rc = call(c, "POST", url, "application/json",
+                  json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), o, NULL);
+    json_object_put(body);
+    return rc;
+}
+
 /* save NAME FILE: the VM's memory and device state to FILE, then it stops (xm save). */
 static int verb_save(struct cli *c, const char *name, const char *file)
 {
     char *abs = absolute_path(file), *path = vm_path(name, "/save");
-    json_object *body = json_object_new_object(), *o = NULL;
-    int rc = 1;
-    if (abs && path && body) {
-        json_object_object_add(body, "path", json_object_new_string(abs));
-        rc = call(c, "POST", path, "application/json",
-                  json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), &o, NULL);
-        if (rc == 0)
-            c->json ? print_json(o) : (void)printf("VM %s saved to %s\n", name, jstr(o, "path"));
-    } else {
-        rc = fail("out of memory");
-    }
+    json_object *o = NULL;
+    int rc = abs && path ? post_state_file(c, path, abs, &o) : fail("out of memory");
+    if (rc == 0)
+        c->json ? print_json(o) : (void)printf("VM %s saved to %s\n", name, jstr(o, "path"));
     json_object_put(o);
-    json_object_put(body);
     free(abs);
     free(path);
     return rc;
@@ -504,21 +510,12 @@ static int verb_restore(struct cli *c, const char *what)
     bool is_file = strchr(what, '/') || stat(what, &st) == 0;
     char *abs = is_file ? absolute_path(what) : NULL;
     char *path = is_file ? vs_strdup("/v1/restore") : vm_path(what, "/restore");
-    json_object *body = json_object_new_object(), *o = NULL;
-    int rc = 1;
-    if ((!is_file || abs) && path && body) {
-        if (abs)
-            json_object_object_add(body, "path", json_object_new_string(abs));
-        rc = call(c, "POST", path, "application/json",
-                  json_object_to_json_string_ext(body, JSON_C_TO_STRING_PLAIN), &o, NULL);
-        if (rc == 0)
-            c->json ? print_json(o)
-                    : (void)printf("VM %s restored from %s\n", jstr(o, "name"), jstr(o, "path"));
-    } else {
-        rc = fail("out of memory");
-    }
+    json_object *o = NULL;
+    int rc = (!is_file || abs) && path ? post_state_file(c, path, abs, &o) : fail("out of memory");
+    if (rc == 0)
+        c->json ? print_json(o)
+                : (void)printf("VM %s restored from %s\n", jstr(o, "name"), jstr(o, "path"));
     json_object_put(o);
-    json_object_put(body);
     free(abs);
     free(path);
     return rc;
