@@ -285,3 +285,38 @@ need_jq() {
         finish
     fi
 }
+
+# con SOCK LINE PATTERN [SECONDS] — type LINE on a VM's serial console (a unix socket; it may not
+# exist yet) and print what comes back up to the end of the line holding PATTERN. The probe reads
+# input only when idle, so the line simply waits in the UART until the guest gets there.
+con() {
+    python3 - "$@" <<'PY'
+import os, socket, sys, time
+path, line, pat = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
+end = time.time() + float(sys.argv[4] if len(sys.argv) > 4 else 60)
+buf = b''
+while time.time() < end:
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(path)
+        break
+    except OSError:
+        time.sleep(0.05)
+else:
+    sys.exit(0)
+s.settimeout(0.2)
+s.sendall(line + b'\n')
+while time.time() < end:
+    i = buf.find(pat)
+    if i >= 0 and b'\n' in buf[i:]:
+        break
+    try:
+        d = s.recv(65536)
+        if not d:
+            break
+        buf += d
+    except socket.timeout:
+        pass
+sys.stdout.write(buf.decode(errors='replace'))
+PY
+}

@@ -31,39 +31,6 @@ chmod +x "$STATE/hooks/10-record"
 
 vmms() { pgrep -f "vessel-vmm .*$STATE/run/$1/" | wc -l; }
 hook_saw() { wait_for "$T/hooks.txt" "^$1 $2" "$3"; } # VM EVENT SECONDS — a hook ran for the event
-# con SOCK LINE PATTERN [SECONDS] — type LINE on the VM's serial console (a unix socket) and print
-# what comes back up to the end of the line holding PATTERN.
-con() {
-    python3 - "$@" <<'PY'
-import os, socket, sys, time
-path, line, pat = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
-end = time.time() + float(sys.argv[4] if len(sys.argv) > 4 else 60)
-buf = b''
-while time.time() < end:
-    try:
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(path)
-        break
-    except OSError:
-        time.sleep(0.05)
-else:
-    sys.exit(0)
-s.settimeout(0.2)
-s.sendall(line + b'\n')
-while time.time() < end:
-    i = buf.find(pat)
-    if i >= 0 and b'\n' in buf[i:]:
-        break
-    try:
-        d = s.recv(65536)
-        if not d:
-            break
-        buf += d
-    except socket.timeout:
-        pass
-sys.stdout.write(buf.decode(errors='replace'))
-PY
-}
 value() { grep -a "^PROBE result $2=" <<<"$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 one_line() { [ "$(wc -l <"$VS_ERR")" -eq 1 ]; }
 

@@ -10,35 +10,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
 
-# con SOCK LINE PATTERN [SECONDS] — type LINE on the serial console (a unix socket; it may not exist
-# yet) and print what comes back up to the end of the line holding PATTERN. The guest reads input
-# only when idle, so the line simply waits in the UART until the probe gets there.
-con() {
-    python3 - "$@" <<'PY'
-import os, socket, sys, time
-path, line, pat = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode()
-end = time.time() + float(sys.argv[4] if len(sys.argv) > 4 else 60)
-while not os.path.exists(path) and time.time() < end:
-    time.sleep(0.05)
-s = socket.socket(socket.AF_UNIX)
-s.connect(path)
-s.settimeout(0.2)
-s.sendall(line + b'\n')
-buf = b''
-while time.time() < end:
-    i = buf.find(pat)
-    if i >= 0 and b'\n' in buf[i:]:
-        break
-    try:
-        d = s.recv(65536)
-        if not d:
-            break
-        buf += d
-    except socket.timeout:
-        pass
-sys.stdout.write(buf.decode(errors='replace'))
-PY
-}
 value() { grep -a "^PROBE result $2=" <<<"$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 
 truncate -s 32M "$T/disk.raw"
