@@ -286,6 +286,9 @@ need_jq() {
     fi
 }
 
+# value TEXT KEY — the VALUE of a "PROBE result KEY=VALUE" line in TEXT (what con printed).
+value() { grep -a "^PROBE result $2=" <<<"$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
+
 # con SOCK LINE PATTERN [SECONDS] — type LINE on a VM's serial console (a unix socket; it may not
 # exist yet) and print what comes back up to the end of the line holding PATTERN. The probe reads
 # input only when idle, so the line simply waits in the UART until the guest gets there.

@@ -31,7 +31,6 @@ chmod +x "$STATE/hooks/10-record"
 
 vmms() { pgrep -f "vessel-vmm .*$STATE/run/$1/" | wc -l; }
 hook_saw() { wait_for "$T/hooks.txt" "^$1 $2" "$3"; } # VM EVENT SECONDS — a hook ran for the event
-value() { grep -a "^PROBE result $2=" <<<"$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 one_line() { [ "$(wc -l <"$VS_ERR")" -eq 1 ]; }
 
 truncate -s 16M "$T/base.raw"

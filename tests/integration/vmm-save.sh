@@ -10,7 +10,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/vmm-common.bash"
 
-value() { grep -a "^PROBE result $2=" <<<"$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 
 truncate -s 32M "$T/disk.raw"
 if ! "$VESSEL_IMG" img create -q -f qcow2 "$T/disk.qcow2" 32M >/dev/null 2>&1; then
