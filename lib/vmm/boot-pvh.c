@@ -157,8 +157,10 @@ int elf_load(struct machine *m, const uint8_t *elf, const char *name, const stru
                             (unsigned long long)s->paddr, (unsigned long long)s->memsz,
                             s->paddr < LAYOUT_HIGH ? "below 1 MiB (reserved for boot data)"
                                                    : "outside guest RAM (more --memory?)");
+        /* The rest up to memsz (.bss) is left alone: boot_load only ever runs on a machine just
+         * built, whose RAM is fresh anonymous memory and reads as zero already (a reboot builds
+         * a new machine). Zeroing it would fault in pages the guest may never touch. */
         memcpy(dst, elf + s->offset, s->filesz);
-        memset(dst + s->filesz, 0, s->memsz - s->filesz);
         *end = VS_MAX(*end, s->paddr + s->memsz);
     }
     return 0;

@@ -2,16 +2,20 @@
  * lib/vmm/boot.c — what every boot path shares: reading the kernel, the E820 map, the command
  * line, initrd placement, the GDT and identity page tables, and the choice of boot path.
  *
- * The kernel file is untrusted input: it is read whole (bounded by guest memory), and every
+ * The kernel file is untrusted input: it is mapped whole (bounded by guest memory), and every
  * offset the boot paths take from it is checked against its length before use. Guest memory
  * below 1 MiB is the VMM's: boot structures live at fixed addresses there (machine.h) and no
  * kernel segment may land on them.
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,7 +27,9 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
-int boot_read_file(const char *path, uint64_t max, uint8_t **out, size_t *len)
+/* Mapped, not read: the boot paths touch only the parts they load (an ELF's segments, not its
+ * symbols), and page-cache pages come in sixteen to a fault instead of being copied once more. */
+int boot_read_file(const char *path, uint64_t max, const uint8_t **out, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -38,20 +44,24 @@ int boot_read_file(const char *path, uint64_t max, uint8_t **out, size_t *len)
         return vs_error(-EFBIG, "%s: %llu MiB is larger than guest memory allows", path,
                         (unsigned long long)st.st_size / MIB);
     }
-    uint8_t *buf = vs_malloc((size_t)st.st_size);
-    if (!buf) {
+    if (st.st_size == 0) {
         close(fd);
-        return -ENOMEM;
+        return vs_error(-ENOEXEC, "%s: empty file", path);
     }
-    int rc = vs_pread_full(fd, buf, (size_t)st.st_size, 0);
+    void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    int e = errno;
     close(fd);
-    if (rc < 0) {
-        free(buf);
-        return vs_error_errno(rc, "%s: read", path);
-    }
-    *out = buf;
+    if (p == MAP_FAILED)
+        return vs_error_errno(-e, "%s: mmap", path);
+    *out = p;
     *len = (size_t)st.st_size;
     return 0;
+}
+
+void boot_file_release(const uint8_t *buf, size_t len)
+{
+    if (buf)
+        munmap((void *)buf, len);
 }
 
 unsigned machine_e820(const struct machine *m, struct e820_entry_host *out, unsigned max)
@@ -156,6 +166,46 @@ static void write_page_tables(struct machine *m)
     }
 }
 
+static int load_mapped(struct machine *m, const uint8_t *buf, size_t len, const char *name)
+{
+    enum vmm_boot_path how = m->config->boot_path;
+    if (len >= 4 && memcmp(buf,
+                           "\x7f"
+                           "ELF",
+                           4) == 0) {
+        struct elf_image img;
+        int rc = elf_parse(buf, len, name, &img);
+        if (rc < 0)
+            return rc;
+        if (how == VMM_BOOT_BZIMAGE)
+            return vs_error(-EINVAL, "--boot-path bzimage: %s is an ELF, not a bzImage", name);
+        if ((img.has_pvh && how != VMM_BOOT_VMLINUX) || how == VMM_BOOT_PVH)
+            return pvh_load(m, buf, len, name);
+        return vmlinux_load(m, buf, len, NULL, name, NULL);
+    }
+    if (bzimage_probe(buf, len))
+        return bzimage_load(m, buf, len, name);
+    return vs_error(-ENOEXEC,
+                    "%s: not a kernel: neither an ELF with a PVH note nor a bzImage "
+                    "(no \"HdrS\" at offset 0x202)",
+                    name);
+}
+
+/* A file truncated while it is mapped raises SIGBUS on the pages past its new end (`cp` over a
+ * kernel while a VM starts): boot_load turns that into an error instead of a dead VMM. Only the
+ * thread in load_mapped is caught; a SIGBUS anywhere else stays fatal. */
+static sigjmp_buf bus_env;
+static pthread_t bus_thread;
+static volatile sig_atomic_t bus_armed;
+
+static void bus_handler(int sig)
+{
+    if (bus_armed && pthread_equal(pthread_self(), bus_thread))
+        siglongjmp(bus_env, 1);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int boot_load(struct machine *m)
 {
     const char *path = m->config->kernel;
@@ -166,32 +216,23 @@ int boot_load(struct machine *m)
         return rc;
     write_gdt(m);
     write_page_tables(m);
-    uint8_t *buf;
+    const uint8_t *buf;
     size_t len;
     rc = boot_read_file(path, VS_MIN(m->mem.ram_size, 1024 * MIB), &buf, &len);
     if (rc < 0)
         return vs_error_prefix(rc, "--kernel");
-    enum vmm_boot_path how = m->config->boot_path;
-    if (len >= 4 && memcmp(buf,
-                           "\x7f"
-                           "ELF",
-                           4) == 0) {
-        struct elf_image img;
-        rc = elf_parse(buf, len, base_name(path), &img);
-        if (rc == 0 && how == VMM_BOOT_BZIMAGE)
-            rc = vs_error(-EINVAL, "--boot-path bzimage: %s is an ELF, not a bzImage",
-                          base_name(path));
-        else if (rc == 0 && ((img.has_pvh && how != VMM_BOOT_VMLINUX) || how == VMM_BOOT_PVH))
-            rc = pvh_load(m, buf, len, base_name(path));
-        else if (rc == 0)
-            rc = vmlinux_load(m, buf, len, NULL, base_name(path), NULL);
-    } else if (bzimage_probe(buf, len))
-        rc = bzimage_load(m, buf, len, base_name(path));
-    else
-        rc = vs_error(-ENOEXEC,
-                      "%s: not a kernel: neither an ELF with a PVH note nor a bzImage "
-                      "(no \"HdrS\" at offset 0x202)",
-                      base_name(path));
-    free(buf);
+    struct sigaction sa = {.sa_handler = bus_handler}, old;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGBUS, &sa, &old);
+    bus_thread = pthread_self();
+    if (sigsetjmp(bus_env, 1) == 0) {
+        bus_armed = 1;
+        rc = load_mapped(m, buf, len, base_name(path));
+    } else {
+        rc = vs_error(-EIO, "--kernel %s: the file shrank while it was being loaded", path);
+    }
+    bus_armed = 0;
+    sigaction(SIGBUS, &old, NULL);
+    boot_file_release(buf, len);
     return rc;
 }

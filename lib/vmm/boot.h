@@ -67,7 +67,9 @@ int vmlinux_load(struct machine *m, const uint8_t *elf, size_t len, const uint8_
 bool bzimage_probe(const uint8_t *buf, size_t len);
 int bzimage_load(struct machine *m, const uint8_t *buf, size_t len, const char *name);
 
-int boot_read_file(const char *path, uint64_t max, uint8_t **out, size_t *len);
+/* Map the kernel file PATH read-only (at most MAX bytes); boot_file_release unmaps it. */
+int boot_read_file(const char *path, uint64_t max, const uint8_t **out, size_t *len);
+void boot_file_release(const uint8_t *buf, size_t len);
 int boot_cmdline(struct machine *m, uint64_t limit);
 
 #endif

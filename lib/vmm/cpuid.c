@@ -6,12 +6,23 @@
  * the KVM paravirt leaves (0x40000000: "KVMKVMKVM", kvmclock). We only set the hypervisor bit,
  * give each vCPU its APIC ID and a flat one-package topology, and clear masked feature bits —
  * named the way /proc/cpuinfo names them, so a user can copy a flag from there.
+ *
+ * KVM's table is cached in a file (see "the table's cache" below): getting it executes CPUID for
+ * every leaf in the kernel, and where CPUID traps (a nested or PVM host) that is ~0.7 ms of a CPU
+ * that can't be preempted — a quarter of the VMM's whole start on a 2-CPU host.
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <unistd.h>
 
 #include "vmm/machine.h"
 
@@ -138,7 +149,106 @@ static int cpuid_mask(struct kvm_cpuid2 *c, const char *mask)
     return rc;
 }
 
-int cpuid_setup(struct machine *m)
+/* ---- the table's cache ----------------------------------------------------------------------
+ * What KVM supports changes only when KVM does, so its raw table (before masks and per-vCPU
+ * topology) is kept in a file keyed by what could change it: the kernel (release and boot_id)
+ * and the loaded KVM modules (the inode numbers of their /sys/module directories, new at every
+ * load, so a module reloaded with other parameters misses). The file is read back only if it is
+ * ours alone (owner, not writable by others, no symlink) and every field checks out; anything
+ * else, or any failure, falls back to the ioctl. It is written whole and renamed into place, so
+ * VMMs starting together never see half of one. Best effort both ways: a cache that can't be
+ * written costs the ioctl next time, nothing more. Where: $VESSEL_CPUID_CACHE ("off": none),
+ * else /run/vessel/cpuid.cache for root, else $XDG_RUNTIME_DIR/vessel-cpuid.cache. */
+
+static const char *const kvm_modules[CPUID_CACHE_MODULES] = {"kvm", "kvm_intel", "kvm_amd",
+                                                             "kvm_pvm"};
+
+bool cpuid_cache_path(char *buf, size_t size)
+{
+    const char *env = getenv("VESSEL_CPUID_CACHE");
+    int n;
+    if (env)
+        n = (*env && strcmp(env, "off") != 0) ? snprintf(buf, size, "%s", env) : -1;
+    else if (geteuid() == 0) {
+        mkdir("/run/vessel", 0755);
+        n = snprintf(buf, size, "/run/vessel/cpuid.cache");
+    } else if ((env = getenv("XDG_RUNTIME_DIR")) && *env)
+        n = snprintf(buf, size, "%s/vessel-cpuid.cache", env);
+    else
+        n = -1;
+    return n > 0 && (size_t)n < size;
+}
+
+void cpuid_cache_key(struct cpuid_cache_head *key)
+{
+    memset(key, 0, sizeof(*key));
+    memcpy(key->magic, "VSCPUID1", 8);
+    struct utsname u;
+    if (uname(&u) == 0)
+        snprintf(key->release, sizeof(key->release), "%s", u.release);
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, key->boot_id, sizeof(key->boot_id) - 1);
+        if (n < 0)
+            memset(key->boot_id, 0, sizeof(key->boot_id));
+        close(fd);
+    }
+    for (int i = 0; i < CPUID_CACHE_MODULES; i++) {
+        char path[64];
+        struct stat st;
+        snprintf(path, sizeof(path), "/sys/module/%s", kvm_modules[i]);
+        if (stat(path, &st) == 0)
+            key->module_ino[i] = (uint64_t)st.st_ino;
+    }
+}
+
+struct kvm_cpuid2 *cpuid_cache_load(const char *path, const struct cpuid_cache_head *key)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return NULL;
+    struct kvm_cpuid2 *c = NULL;
+    struct cpuid_cache_head h;
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+        !(st.st_mode & 022) && vs_pread_full(fd, &h, sizeof(h), 0) == 0 &&
+        memcmp(&h, key, offsetof(struct cpuid_cache_head, nent)) == 0 && h.nent > 0 &&
+        h.nent <= CPUID_CACHE_MAX &&
+        (uint64_t)st.st_size == sizeof(h) + (uint64_t)h.nent * sizeof(struct kvm_cpuid_entry2)) {
+        size_t bytes = (size_t)h.nent * sizeof(struct kvm_cpuid_entry2);
+        c = vs_calloc(1, sizeof(*c) + bytes);
+        if (c && vs_pread_full(fd, c->entries, bytes, sizeof(h)) == 0) {
+            c->nent = h.nent;
+        } else {
+            free(c);
+            c = NULL;
+        }
+    }
+    close(fd);
+    return c;
+}
+
+void cpuid_cache_store(const char *path, const struct cpuid_cache_head *key,
+                       const struct kvm_cpuid2 *c)
+{
+    char tmp[PATH_MAX];
+    if (c->nent == 0 || c->nent > CPUID_CACHE_MAX ||
+        snprintf(tmp, sizeof(tmp), "%s.%ld", path, (long)getpid()) >= (int)sizeof(tmp))
+        return;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0)
+        return;
+    struct cpuid_cache_head h = *key;
+    h.nent = c->nent;
+    bool ok =
+        vs_pwrite_full(fd, &h, sizeof(h), 0) == 0 &&
+        vs_pwrite_full(fd, c->entries, c->nent * sizeof(struct kvm_cpuid_entry2), sizeof(h)) == 0;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) < 0)
+        unlink(tmp);
+}
+
+static int cpuid_from_kvm(struct machine *m)
 {
     for (int nent = 128; nent <= 4096; nent *= 2) {
         struct kvm_cpuid2 *c =
@@ -148,15 +258,32 @@ int cpuid_setup(struct machine *m)
         c->nent = (uint32_t)nent;
         if (ioctl(m->kvm_fd, KVM_GET_SUPPORTED_CPUID, c) == 0) {
             m->cpuid = c;
-            break;
+            return 0;
         }
         int e = errno;
         free(c);
         if (e != E2BIG)
             return vs_error_errno(-e, "/dev/kvm: KVM_GET_SUPPORTED_CPUID");
     }
-    if (!m->cpuid)
-        return vs_error(-E2BIG, "/dev/kvm: KVM_GET_SUPPORTED_CPUID: too many entries");
+    return vs_error(-E2BIG, "/dev/kvm: KVM_GET_SUPPORTED_CPUID: too many entries");
+}
+
+int cpuid_setup(struct machine *m)
+{
+    char path[PATH_MAX];
+    struct cpuid_cache_head key;
+    bool cached = cpuid_cache_path(path, sizeof(path));
+    if (cached) {
+        cpuid_cache_key(&key);
+        m->cpuid = cpuid_cache_load(path, &key);
+    }
+    if (!m->cpuid) {
+        int rc = cpuid_from_kvm(m);
+        if (rc < 0)
+            return rc;
+        if (cached)
+            cpuid_cache_store(path, &key, m->cpuid);
+    }
     struct kvm_cpuid_entry2 *e = cpuid_find(m->cpuid, 1, 0);
     if (e)
         e->ecx |= 1u << 31; /* running under a hypervisor */

@@ -103,6 +103,8 @@ void machine_msi(struct machine *m, uint64_t address, uint32_t data)
 
 /* ---- /dev/kvm and the VM --------------------------------------------------------------------- */
 
+static void *vm_cpuid_thread(void *arg);
+
 static int kvm_open(struct machine *m)
 {
     m->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
@@ -115,6 +117,10 @@ static int kvm_open(struct machine *m)
             return vs_error(-e, "/dev/kvm: permission denied (add your user to group 'kvm')");
         return vs_error_errno(-e, "/dev/kvm");
     }
+    if (pthread_create(&m->cpuid_thread, NULL, vm_cpuid_thread, m) == 0)
+        m->cpuid_started = true;
+    else
+        vm_cpuid_thread(m);
     int version = ioctl(m->kvm_fd, KVM_GET_API_VERSION, 0);
     if (version != KVM_API_VERSION)
         return vs_error(-ENOTSUP, "/dev/kvm: API version %d, vessel needs %d", version,
@@ -186,7 +192,7 @@ static int memory_setup(struct machine *m)
     return 0;
 }
 
-/* Give guest RAM to KVM (on the setup thread: see vm_setup). Returns 0 or -errno. */
+/* Give guest RAM to KVM (first of all: see vm_setup). Returns 0 or -errno. */
 static int memory_register(struct machine *m)
 {
     for (unsigned i = 0; i < m->mem.count; i++) {
@@ -220,9 +226,28 @@ static void post_port_sink(struct machine *m)
     m->post_fd = fd;
 }
 
-/* The in-kernel irqchip, PIT and memory slots. Each of these waits for a KVM grace period
- * (milliseconds on a busy host), so they run on a thread of their own while the main thread
- * loads the kernel and builds the devices; machine_vm_ready joins it before the vCPUs exist. */
+/* The vCPU's fd and kvm_run, on the setup thread (it needs the irqchip; on PVM it costs ~0.3 ms
+ * that overlaps the kernel's loading). Returns 0, or -errno with setup_step set. */
+static int vcpu_open(struct machine *m, struct vcpu *v)
+{
+    v->fd = ioctl(m->vm_fd, KVM_CREATE_VCPU, v->index);
+    if (v->fd < 0) {
+        m->setup_step = "KVM_CREATE_VCPU";
+        return -errno;
+    }
+    void *run = mmap(NULL, m->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
+    if (run == MAP_FAILED) {
+        m->setup_step = "mmap of kvm_run";
+        return -errno;
+    }
+    v->run = run;
+    return 0;
+}
+
+/* The in-kernel irqchip, PIT, vCPUs and port 0x80 sink, on a thread of their own while the main
+ * thread loads the kernel and builds the devices; machine_vm_ready joins it before the vCPUs are
+ * set up. A failure is reported by machine_vm_ready, on the main thread, from setup_rc and
+ * setup_step (error messages are per thread). */
 static void *vm_setup_thread(void *arg)
 {
     struct machine *m = arg;
@@ -234,25 +259,16 @@ static void *vm_setup_thread(void *arg)
         m->setup_rc = -errno;
         m->setup_step = "KVM_CREATE_PIT2";
     } else {
-        post_port_sink(m); /* another grace period: here, off the main thread's path */
+        for (unsigned i = 0; i < m->vcpu_count && m->setup_rc == 0; i++)
+            m->setup_rc = vcpu_open(m, &m->vcpus[i]);
+        post_port_sink(m);
     }
     return NULL;
 }
 
-/* The memory slots on a second thread: their grace period overlaps the irqchip's. Error
- * messages are per thread, so a failure is redone on the main thread by machine_vm_ready to get
- * its message. */
-static void *vm_memory_thread(void *arg)
-{
-    struct machine *m = arg;
-    if ((m->memory_rc = memory_register(m)) < 0)
-        m->memory_step = "KVM_SET_USER_MEMORY_REGION";
-    return NULL;
-}
-
-/* The CPUID table on a third, started before the VM exists: KVM_GET_SUPPORTED_CPUID needs only
- * /dev/kvm and costs ~1 ms where CPUID instructions trap (a nested host), longer than anything
- * else before the vCPUs, which are the only ones to need it. */
+/* The CPUID table on another, started as soon as /dev/kvm is open: KVM_GET_SUPPORTED_CPUID needs
+ * only /dev/kvm and costs ~0.7 ms where CPUID instructions trap (a nested host), longer than
+ * anything else before the vCPUs, which are the only ones to need it. */
 static void *vm_cpuid_thread(void *arg)
 {
     struct machine *m = arg;
@@ -262,17 +278,13 @@ static void *vm_cpuid_thread(void *arg)
 
 static int machine_vm_ready(struct machine *m)
 {
-    if (m->memory_started)
-        pthread_join(m->memory_thread, NULL);
     if (m->setup_started)
         pthread_join(m->setup_thread, NULL);
     if (m->cpuid_started)
         pthread_join(m->cpuid_thread, NULL);
-    m->setup_started = m->memory_started = m->cpuid_started = false;
+    m->setup_started = m->cpuid_started = false;
     if (m->setup_rc < 0)
         return vs_error_errno(m->setup_rc, "%s", m->setup_step);
-    if (m->memory_rc < 0)
-        return vs_error_errno(m->memory_rc, "%s", m->memory_step);
     if (m->cpuid_rc < 0) {
         int rc = m->cpuid_rc;
         free(m->cpuid);
@@ -284,12 +296,13 @@ static int machine_vm_ready(struct machine *m)
     return 0;
 }
 
+/* The VM, its memory and, on the setup thread, the rest. The memory slots are registered here,
+ * first and on this thread: a slot waits for an expedited SRCU grace period (~0.1 ms), but
+ * registering anything on KVM's I/O bus (the irqchip, the PIT, an ioeventfd) starts a normal one
+ * that sits a whole timer tick (4 ms at HZ=250) before it runs, and an expedited wait that comes
+ * behind it waits that tick too. */
 static int vm_setup(struct machine *m)
 {
-    if (pthread_create(&m->cpuid_thread, NULL, vm_cpuid_thread, m) == 0)
-        m->cpuid_started = true;
-    else
-        vm_cpuid_thread(m);
     m->vm_fd = ioctl(m->kvm_fd, KVM_CREATE_VM, 0);
     if (m->vm_fd < 0)
         return vs_error_errno(-errno, "/dev/kvm: KVM_CREATE_VM");
@@ -303,14 +316,20 @@ static int vm_setup(struct machine *m)
     int rc = memory_setup(m);
     if (rc < 0)
         return rc;
-    if (pthread_create(&m->memory_thread, NULL, vm_memory_thread, m) == 0)
-        m->memory_started = true;
-    else
-        vm_memory_thread(m); /* no thread: do it inline */
+    if ((rc = memory_register(m)) < 0)
+        return vs_error_errno(rc, "KVM_SET_USER_MEMORY_REGION");
+    m->vcpus = vs_calloc(m->vcpu_count, sizeof(*m->vcpus));
+    if (!m->vcpus)
+        return -ENOMEM;
+    for (unsigned i = 0; i < m->vcpu_count; i++) {
+        m->vcpus[i].machine = m;
+        m->vcpus[i].index = (int)i;
+        m->vcpus[i].fd = -1;
+    }
     if (pthread_create(&m->setup_thread, NULL, vm_setup_thread, m) == 0)
         m->setup_started = true;
     else
-        vm_setup_thread(m);
+        vm_setup_thread(m); /* no thread: do it inline */
     return 0;
 }
 
@@ -434,23 +453,16 @@ static int vcpu_boot_state(struct machine *m, struct vcpu *v)
     return 0;
 }
 
-static int vcpu_create(struct machine *m, struct vcpu *v, int index)
+/* CPUID, MSRs, LAPIC and (for the boot vCPU) the entry state, once vcpu_open and the CPUID table
+ * are done and the kernel is loaded. */
+static int vcpu_setup(struct machine *m, struct vcpu *v)
 {
-    v->machine = m;
-    v->index = index;
-    v->fd = ioctl(m->vm_fd, KVM_CREATE_VCPU, index);
-    if (v->fd < 0)
-        return vs_error_errno(-errno, "vCPU %d: KVM_CREATE_VCPU", index);
-    void *run = mmap(NULL, m->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->fd, 0);
-    if (run == MAP_FAILED)
-        return vs_error_errno(-errno, "vCPU %d: mmap of kvm_run", index);
-    v->run = run;
     int rc = cpuid_apply_vcpu(m, v);
     if (rc < 0)
         return rc;
     set_msrs(v);
     set_lapic_lints(v);
-    if (index == 0 && !m->restore)
+    if (v->index == 0 && !m->restore)
         return vcpu_boot_state(m, v);
     return 0;
 }
@@ -914,7 +926,7 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
 
     if (m->vcpu_count > 254) /* xAPIC IDs in the MADT are one byte */
         return vs_error(-EINVAL, "--cpus %u: at most 254 vCPUs", m->vcpu_count);
-    if ((rc = kvm_open(m)) < 0 || (rc = vm_setup(m)) < 0) /* vm_setup starts cpuid_setup */
+    if ((rc = kvm_open(m)) < 0 || (rc = vm_setup(m)) < 0) /* kvm_open starts cpuid_setup */
         return rc;
     /* Devices first: boot_load builds ACPI tables and needs the platform fixed. */
     if ((rc = serial_create(m, console)) < 0 || (rc = pm_create(m)) < 0 ||
@@ -940,13 +952,8 @@ static int machine_build(struct machine *m, const struct vmm_config *config,
         return rc;
     if ((!m->restore && (rc = boot_load(m)) < 0) || (rc = machine_vm_ready(m)) < 0)
         return rc;
-    m->vcpus = vs_calloc(m->vcpu_count, sizeof(*m->vcpus));
-    if (!m->vcpus)
-        return -ENOMEM;
     for (unsigned i = 0; i < m->vcpu_count; i++)
-        m->vcpus[i].fd = -1;
-    for (unsigned i = 0; i < m->vcpu_count; i++)
-        if ((rc = vcpu_create(m, &m->vcpus[i], (int)i)) < 0)
+        if ((rc = vcpu_setup(m, &m->vcpus[i])) < 0)
             return rc;
     return 0;
 }

@@ -175,16 +175,12 @@ struct machine {
     struct vcpu *vcpus;
     unsigned vcpu_count;
     struct kvm_cpuid2 *cpuid;
-    pthread_t setup_thread; /* irqchip, PIT, memory slots (kvm.c: vm_setup) */
+    pthread_t setup_thread; /* irqchip, PIT, vCPU fds (kvm.c: vm_setup_thread) */
     bool setup_started;
     int setup_rc;
     const char *setup_step;
-    pthread_t memory_thread; /* memory slots */
-    bool memory_started;
-    pthread_t cpuid_thread; /* the CPUID table, from before KVM_CREATE_VM */
+    pthread_t cpuid_thread; /* the CPUID table, from just after /dev/kvm opens */
     bool cpuid_started;
-    int memory_rc;
-    const char *memory_step;
     int cpuid_rc; /* cpuid_setup, run on the CPUID thread */
 
     pthread_mutex_t lock; /* state, stop request */
@@ -268,6 +264,23 @@ int acpi_build_tables(uint8_t *buf, size_t len, uint64_t base, unsigned cpus, ui
 uint8_t acpi_checksum(const uint8_t *p, size_t len);
 
 int cpuid_setup(struct machine *m);
+/* The cache of KVM's CPUID table (cpuid.c): a file of this head, then nent entries. The head up
+ * to nent is the key; a file whose key differs from cpuid_cache_key's is not used. */
+#define CPUID_CACHE_MODULES 4
+#define CPUID_CACHE_MAX     4096
+struct cpuid_cache_head {
+    char magic[8];                            /* "VSCPUID1" */
+    char release[72];                         /* uname -r */
+    char boot_id[40];                         /* /proc/sys/kernel/random/boot_id */
+    uint64_t module_ino[CPUID_CACHE_MODULES]; /* /sys/module/{kvm,kvm_intel,kvm_amd,kvm_pvm} */
+    uint32_t nent;
+    uint32_t reserved;
+};
+bool cpuid_cache_path(char *buf, size_t size);
+void cpuid_cache_key(struct cpuid_cache_head *key);
+struct kvm_cpuid2 *cpuid_cache_load(const char *path, const struct cpuid_cache_head *key);
+void cpuid_cache_store(const char *path, const struct cpuid_cache_head *key,
+                       const struct kvm_cpuid2 *c);
 int cpuid_apply_vcpu(struct machine *m, struct vcpu *v);
 
 /* ---- devices --------------------------------------------------------------------------------- */

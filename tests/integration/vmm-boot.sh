@@ -1,8 +1,8 @@
 #!/bin/bash
 # tests/integration/vmm-boot.sh — vessel-vmm boots PVH guests and ends the way the guest asked:
 # tiny hand-made PVH ELFs (serial hello + ACPI poweroff, i8042 reset, isa-debug-exit, triple
-# fault), the probe guest (virtio-blk data landing in the image, the control API), and bad inputs
-# that must give one clear line of error and no crash.
+# fault), the probe guest (virtio-blk data landing in the image, the CPUID cache, the control
+# API), and bad inputs that must give one clear line of error and no crash.
 set -euo pipefail
 IT_TIMEOUT=${IT_TIMEOUT:-60}
 VMM_NO_PROBE=1 # the hand-made guests below need no probe; the probe's part checks for it
@@ -115,6 +115,103 @@ else
     not_ok "read-only disk (exit $VS_RC)"
     grep -E "PROBE" "$VS_OUT" | tail -5 | diag
 fi
+
+# ---- a kernel file that shrinks while it is loaded (`cp` over it as a VM starts) ----
+# The kernel is mapped: gdb stops the VMM once the mapping exists and truncates the file, so the
+# segments past 5000 bytes are gone when they are copied. One line of error, no SIGBUS death.
+if command -v gdb >/dev/null; then
+    cp "$PROBE" "$T/shrink.elf"
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 timeout -k 5 "$IT_TIMEOUT" gdb -q -batch \
+        -ex 'set pagination off' -ex 'handle SIGBUS nostop noprint pass' -ex 'break load_mapped' \
+        -ex run -ex "shell truncate -s 5000 $T/shrink.elf" -ex continue \
+        --args "$VESSEL" --kernel "$T/shrink.elf" --memory 128M </dev/null >"$T/gdb.out" 2>&1 || true
+    if grep -q "Breakpoint 1, .*load_mapped" "$T/gdb.out" &&
+        grep -q "vessel-vmm: --kernel .*shrink.elf: the file shrank while it was being loaded" "$T/gdb.out" &&
+        grep -q "exited with code 01" "$T/gdb.out"; then
+        ok "kernel truncated while loading: one line of error, exit 1"
+    else
+        not_ok "kernel truncated while loading"
+        grep -v '^\[' "$T/gdb.out" | tail -8 | diag
+    fi
+else
+    skip "kernel truncated while loading: no gdb to stop the VMM at the right point (apt-get install gdb)"
+fi
+
+# ---- the CPUID table's cache (cpuid.c) ----
+# poison FILE MODE — rewrite a valid cache so the guest's TSC rate comes from a made-up hypervisor
+# leaf 0x40000010 (1234567 kHz; leaf 0x15 blanked), keeping the key: only a VMM that reads the
+# cache can show the guest that rate. MODE: the file's mode afterwards.
+poison() {
+    python3 - "$1" <<'PY'
+import struct, sys
+path = sys.argv[1]
+data = bytearray(open(path, "rb").read())
+head, n = data[:160], struct.unpack_from("<I", data, 152)[0]
+entries = [list(struct.unpack_from("<10I", data, 160 + 40 * i)) for i in range(n)]
+entries = [e for e in entries if e[0] != 0x40000010]
+for e in entries:
+    if e[0] == 0x40000000:
+        e[3] = 0x40000010
+    if e[0] == 0x15:
+        e[3:6] = [0, 0, 0]
+entries.append([0x40000010, 0, 0, 1234567, 0, 0, 0, 0, 0, 0])
+struct.pack_into("<I", head, 152, len(entries))
+out = bytes(head) + b"".join(struct.pack("<10I", *e) for e in entries)
+open(path, "wb").write(out)
+PY
+    chmod "$2" "$1"
+}
+tsc_run() { # what the guest measured its TSC at, with VESSEL_CPUID_CACHE=$1
+    VESSEL_CPUID_CACHE=$1 vs --kernel "$PROBE" --cmdline "probe.tests=io probe.iters=10" >&2
+    result "$VS_OUT" tsc_khz
+}
+CACHE=$T/cpuid.cache
+first=$(tsc_run "$CACHE")
+size=$(stat -c %s "$CACHE" 2>/dev/null || echo 0)
+if [ -n "$first" ] && [ "$size" -gt 160 ] && [ $(((size - 160) % 40)) -eq 0 ]; then
+    ok "the first VMM writes KVM's CPUID table to the cache ($(((size - 160) / 40)) leaves)"
+else
+    not_ok "CPUID cache written (size $size, guest tsc '$first')"
+fi
+poison "$CACHE" 644
+if [ "$(tsc_run "$CACHE")" = 1234567 ]; then
+    ok "the next VMM takes the table from the cache (a poisoned leaf reaches the guest)"
+else
+    not_ok "CPUID cache used (guest tsc $(result "$VS_OUT" tsc_khz))"
+fi
+if [ "$(tsc_run off)" != 1234567 ] && [ "$VS_RC" -eq 0 ]; then
+    ok "VESSEL_CPUID_CACHE=off asks KVM instead"
+else
+    not_ok "VESSEL_CPUID_CACHE=off (exit $VS_RC, tsc $(result "$VS_OUT" tsc_khz))"
+fi
+poison "$CACHE" 666
+t=$(tsc_run "$CACHE")
+if [ -n "$t" ] && [ "$t" != 1234567 ] && [ "$(stat -c %a "$CACHE")" = 644 ]; then
+    ok "a cache others can write is not trusted, and is replaced"
+else
+    not_ok "world-writable CPUID cache (tsc $t, mode $(stat -c %a "$CACHE"))"
+fi
+poison "$CACHE" 644
+python3 -c 'import sys; f = open(sys.argv[1], "r+b"); f.seek(80); f.write(b"X")' "$CACHE" # boot_id
+t=$(tsc_run "$CACHE")
+if [ -n "$t" ] && [ "$t" != 1234567 ]; then
+    ok "a cache from another boot (different key) is not used"
+else
+    not_ok "CPUID cache with a foreign key (tsc $t)"
+fi
+for bad in garbage truncated; do
+    poison "$CACHE" 644
+    case $bad in
+    garbage) head -c 3200 /dev/urandom >"$CACHE" ;;
+    truncated) truncate -s -7 "$CACHE" ;;
+    esac
+    t=$(tsc_run "$CACHE")
+    if [ "$VS_RC" -eq 0 ] && [ -n "$t" ] && [ "$t" != 1234567 ] && [ "$(stat -c %s "$CACHE")" -eq "$size" ]; then
+        ok "a $bad CPUID cache is ignored and rewritten; the VM boots"
+    else
+        not_ok "$bad CPUID cache (exit $VS_RC, tsc $t, size $(stat -c %s "$CACHE"))"
+    fi
+done
 
 # ---- control API on an idle probe ----
 timeout -k 5 "$IT_TIMEOUT" "$VESSEL" --kernel "$PROBE" --cmdline "probe.mode=idle" \
