@@ -71,7 +71,8 @@ static void usage(FILE *out)
             "exit codes: 0 poweroff, 1 usage/setup error, 2 reboot (--no-reboot), 3 guest crash,\n"
             "            4 VMM failure, 5 saved (API \"save\"), 16+N isa-debug-exit value N\n"
             "environment: VESSEL_CPUID_CACHE=PATH|off  the cache of KVM's CPUID table (default\n"
-            "            /run/vessel/cpuid.cache for root, else $XDG_RUNTIME_DIR/vessel-cpuid.cache)\n");
+            "            /run/vessel/cpuid.cache for root, else "
+            "$XDG_RUNTIME_DIR/vessel-cpuid.cache)\n");
 }
 
 static int parse_disk(const char *arg, struct vmm_disk_config *disk)
