@@ -454,9 +454,12 @@ int main(int argc, char **argv)
     if (verbose) {
         struct rusage ru;
         getrusage(RUSAGE_SELF, &ru);
+        uint64_t ns, n = vmm_exit_handling(vmm, &ns);
         fprintf(stderr,
-                "vessel-vmm: stopped: %s; first serial byte after %.2f ms; max RSS %ld KiB\n",
-                rc < 0 ? "error" : result.detail, vmm_first_output_ms(vmm), ru.ru_maxrss);
+                "vessel-vmm: stopped: %s; first serial byte after %.2f ms; max RSS %ld KiB; "
+                "%llu exits handled in the VMM, %.0f ns each\n",
+                rc < 0 ? "error" : result.detail, vmm_first_output_ms(vmm), ru.ru_maxrss,
+                (unsigned long long)n, n ? (double)ns / (double)n : 0.0);
     }
     the_vmm = NULL;
     vmm_destroy(vmm);

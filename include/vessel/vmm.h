@@ -145,6 +145,10 @@ void vmm_pause_reason(struct vmm *vmm, char *buf, size_t size);
 
 /* Milliseconds from vmm_create's start to the guest's first serial byte (0 = none yet). */
 double vmm_first_output_ms(const struct vmm *vmm);
+/* Exits KVM_RUN returned to the VMM for since the VM was created (across reboots), and in *NS the
+ * time the vCPU threads spent on them before entering KVM_RUN again: the VMM's own share of the
+ * round trips (the rest is KVM's). */
+uint64_t vmm_exit_handling(const struct vmm *vmm, uint64_t *ns);
 
 /* ---- host facts (lib/vmm/hostinfo.c) --------------------------------------------------------- */
 

@@ -129,6 +129,8 @@ struct vcpu {
     bool thread_started;
     clockid_t cpu_clock;
     _Atomic uint64_t exits[EXIT_KIND_COUNT];
+    _Atomic uint64_t handled;    /* exits KVM_RUN returned to us for */
+    _Atomic uint64_t handled_ns; /* time from those returns to the next KVM_RUN */
     uint64_t paused_cpu_ns;
 };
 
@@ -334,6 +336,7 @@ struct vmm {
     pthread_mutex_t machine_lock; /* held while the machine is rebuilt */
     uint64_t created_ns;
     uint64_t first_output_ns;
+    uint64_t handled, handled_ns;  /* exit handling of the machines before a reboot */
     struct vmstate_file *restored; /* the state file a --restore came from (owns config strings) */
 };
 
@@ -349,6 +352,9 @@ int vcpu_state_save(struct vcpu *v, struct vmstate_writer *w);
 int vcpu_state_load(struct vcpu *v, struct vmstate_reader *r);
 void machine_destroy(struct machine *m);
 int machine_run(struct machine *m, struct vmm_result *result);
+/* Exits KVM_RUN returned to the VMM for, and the ns the vCPU threads spent on them in the VMM
+ * until they entered KVM_RUN again (the VMM's own share of an exit's round trip). */
+uint64_t machine_exit_handling(struct machine *m, uint64_t *ns);
 /* Stats JSON (json_object *) of the machine: vCPU times, exits, devices. */
 void *machine_stats_json(struct machine *m);
 

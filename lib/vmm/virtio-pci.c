@@ -283,7 +283,7 @@ static void common_write(struct virtio_pci *vp, unsigned off, uint32_t v)
                 virtio_pci_needs_reset(vp, q->error);
                 break;
             }
-            q->last_avail = q->used_idx = 0;
+            virtq_set_indices(q, 0, 0);
             q->ready = true;
         }
         break;
@@ -517,8 +517,8 @@ static int virtio_pci_load(void *opaque, struct vmstate_reader *r)
         q->desc = vmr_u64(r);
         q->avail = vmr_u64(r);
         q->used = vmr_u64(r);
-        q->last_avail = vmr_u16(r);
-        q->used_idx = vmr_u16(r);
+        uint16_t last_avail = vmr_u16(r);
+        virtq_set_indices(q, last_avail, vmr_u16(r));
         vectors[i] = vmr_u16(r);
         vmr_check(r, q->size && q->size <= vp->p.queue_max && !(q->size & (q->size - 1)) &&
                          (vectors[i] < vp->nvec || vectors[i] == NO_VECTOR));

@@ -109,12 +109,17 @@ int virtq_pop(struct virtq *q, struct virtq_chain *c)
 {
     if (!q->ready || q->broken)
         return q->broken ? -EINVAL : 0;
-    uint16_t avail_idx = load16(q->mem, q->avail + 2);
-    uint16_t pending = (uint16_t)(avail_idx - q->last_avail);
-    if (pending == 0)
-        return 0;
-    if (pending > q->size)
-        return virtq_fail(q, "available index jumped by %u in a queue of %u", pending, q->size);
+    /* The guest rewrites avail->idx with every request it adds, so each read of it takes the
+     * cache line from the guest's CPU: read it only once what it last said is used up. */
+    if (q->avail_seen == q->last_avail) {
+        uint16_t avail_idx = load16(q->mem, q->avail + 2);
+        uint16_t pending = (uint16_t)(avail_idx - q->last_avail);
+        if (pending == 0)
+            return 0;
+        if (pending > q->size)
+            return virtq_fail(q, "available index jumped by %u in a queue of %u", pending, q->size);
+        q->avail_seen = avail_idx;
+    }
     uint16_t head = load16(q->mem, q->avail + 4 + 2ULL * (q->last_avail % q->size));
     if (head >= q->size)
         return virtq_fail(q, "available ring names descriptor %u of %u", head, q->size);
@@ -156,6 +161,12 @@ void virtq_unpop(struct virtq *q)
     q->last_avail--;
 }
 
+void virtq_set_indices(struct virtq *q, uint16_t last_avail, uint16_t used_idx)
+{
+    q->last_avail = q->avail_seen = last_avail;
+    q->used_idx = used_idx;
+}
+
 int virtq_push(struct virtq *q, uint16_t head, uint32_t len)
 {
     uint8_t *used = guest_mem_ptr(q->mem, q->used, 6 + 8ULL * q->size);
@@ -172,10 +183,14 @@ int virtq_push(struct virtq *q, uint16_t head, uint32_t len)
 
 void virtq_set_notify(struct virtq *q, bool enable)
 {
-    uint8_t *used = guest_mem_ptr(q->mem, q->used, 2);
-    if (!used)
+    uint16_t *flags = guest_mem_ptr(q->mem, q->used, 2);
+    if (!flags)
         return;
-    __atomic_store_n((uint16_t *)used, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY, __ATOMIC_RELAXED);
+    /* Written only when it changes: the line holds used->idx too, which the guest may be
+     * spinning on, and a store takes the line away from its CPU even if the value is the same. */
+    uint16_t want = enable ? 0 : VIRTQ_USED_F_NO_NOTIFY;
+    if (__atomic_load_n(flags, __ATOMIC_RELAXED) != want)
+        __atomic_store_n(flags, want, __ATOMIC_RELAXED);
     __atomic_thread_fence(__ATOMIC_SEQ_CST); /* then re-check the avail ring */
 }
 

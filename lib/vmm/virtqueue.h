@@ -24,6 +24,7 @@ struct virtq {
     bool broken;                /* the guest corrupted the ring: no more processing until reset */
     uint64_t desc, avail, used; /* guest-physical */
     uint16_t last_avail;
+    uint16_t avail_seen; /* avail->idx when last read: read again once last_avail reaches it */
     uint16_t used_idx;
     char error[160]; /* why it broke */
 };
@@ -48,6 +49,8 @@ int virtq_validate(struct virtq *q);
 int virtq_pop(struct virtq *q, struct virtq_chain *chain);
 /* Give back the chain virtq_pop just returned (the device could not use it yet). */
 void virtq_unpop(struct virtq *q);
+/* Set where the device is in the rings (queue reset, restore). */
+void virtq_set_indices(struct virtq *q, uint16_t last_avail, uint16_t used_idx);
 /* Put HEAD on the used ring with LEN bytes written. */
 int virtq_push(struct virtq *q, uint16_t head, uint32_t len);
 /* Ask the driver to kick (ENABLE) or not to bother (device busy, VIRTQ_USED_F_NO_NOTIFY). After

@@ -182,6 +182,9 @@ int vmm_run(struct vmm *v, struct vmm_result *result)
         if (rc < 0 || result->reason != VMM_EXIT_REBOOT || !v->config.restart_on_reboot)
             return rc;
         pthread_mutex_lock(&v->machine_lock);
+        uint64_t ns;
+        v->handled += machine_exit_handling(v->machine, &ns);
+        v->handled_ns += ns;
         machine_destroy(v->machine);
         v->machine = NULL;
         rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, NULL);
@@ -286,6 +289,17 @@ void vmm_pause_reason(struct vmm *v, char *buf, size_t size)
 const char *vmm_boot_description(struct vmm *v)
 {
     return v->machine ? v->machine->boot.how : "";
+}
+
+uint64_t vmm_exit_handling(const struct vmm *v, uint64_t *ns)
+{
+    uint64_t n = v->handled, t = 0;
+    *ns = v->handled_ns;
+    if (v->machine) {
+        n += machine_exit_handling(v->machine, &t);
+        *ns += t;
+    }
+    return n;
 }
 
 double vmm_first_output_ms(const struct vmm *v)

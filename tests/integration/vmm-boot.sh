@@ -237,6 +237,14 @@ if [ -n "$p1" ] && [ "$((p2 - p1))" -lt 20000000 ]; then
 else
     not_ok "pause stops vCPU time ($p1 -> $p2)"
 fi
+# The VMM's own time on exits: some (the console's and PCI's exits were handled), and not the
+# second the vCPU thread spent paused between two KVM_RUNs.
+h=$(api "$T/api.sock" stats | grep -o '"exit_handling_ns":[0-9]*' | head -1 | cut -d: -f2)
+if [ -n "$h" ] && [ "$h" -gt 0 ] && [ "$h" -lt 500000000 ]; then
+    ok "stats: exit_handling_ns counts the VMM's time on exits, not a pause ($h ns)"
+else
+    not_ok "stats: exit_handling_ns '$h'"
+fi
 api "$T/api.sock" powerbutton >/dev/null
 rc=0
 wait "$pid" || rc=$?
