@@ -9,9 +9,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <pthread.h>
-#include <setjmp.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +17,7 @@
 #include <unistd.h>
 
 #include "vmm/boot.h"
+#include "vmm/sigbus.h"
 
 static const char *base_name(const char *path)
 {
@@ -191,21 +189,6 @@ static int load_mapped(struct machine *m, const uint8_t *buf, size_t len, const 
                     name);
 }
 
-/* A file truncated while it is mapped raises SIGBUS on the pages past its new end (`cp` over a
- * kernel while a VM starts): boot_load turns that into an error instead of a dead VMM. Only the
- * thread in load_mapped is caught; a SIGBUS anywhere else stays fatal. */
-static sigjmp_buf bus_env;
-static pthread_t bus_thread;
-static volatile sig_atomic_t bus_armed;
-
-static void bus_handler(int sig)
-{
-    if (bus_armed && pthread_equal(pthread_self(), bus_thread))
-        siglongjmp(bus_env, 1);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
 int boot_load(struct machine *m)
 {
     const char *path = m->config->kernel;
@@ -221,18 +204,14 @@ int boot_load(struct machine *m)
     rc = boot_read_file(path, VS_MIN(m->mem.ram_size, 1024 * MIB), &buf, &len);
     if (rc < 0)
         return vs_error_prefix(rc, "--kernel");
-    struct sigaction sa = {.sa_handler = bus_handler}, old;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGBUS, &sa, &old);
-    bus_thread = pthread_self();
-    if (sigsetjmp(bus_env, 1) == 0) {
-        bus_armed = 1;
+    /* A file truncated while it is mapped raises SIGBUS on the pages past its new end (`cp`
+     * over a kernel while a VM starts): an error, not a dead VMM. */
+    struct sigbus_guard g;
+    if (SIGBUS_GUARDED(g, buf, len))
         rc = load_mapped(m, buf, len, base_name(path));
-    } else {
+    else
         rc = vs_error(-EIO, "--kernel %s: the file shrank while it was being loaded", path);
-    }
-    bus_armed = 0;
-    sigaction(SIGBUS, &old, NULL);
+    sigbus_disarm();
     boot_file_release(buf, len);
     return rc;
 }

@@ -14,6 +14,14 @@
  * still full pauses again. The image is never left half-written: the request is redone whole, and
  * the image engine's allocations are all-or-nothing.
  *
+ * A raw image over a file is also mapped, and reads are a copy from that mapping: no system call
+ * and no page-cache lookup per request once a page is mapped (the kernel maps up to 16 cached
+ * neighbours per fault), several times the rate of pread for 4 KiB reads from the page cache.
+ * Writes, flushes and discards still go through the image engine (its ENOSPC, fsync and hole
+ * handling), which the kernel keeps coherent with the mapping. A read that faults on a page the
+ * file no longer has (truncated under us) or can't read (an I/O error) raises SIGBUS, which
+ * sigbus.h turns into VIRTIO_BLK_S_IOERR for that request.
+ *
  * I/O limits (--disk …,iops=N,bps=SIZE) are two token buckets, requests and bytes, each holding
  * 100 ms of its rate: a request the buckets can't pay for yet goes back to the ring and the worker
  * sleeps until they can, so the limit holds over any window past 100 ms and the guest just sees
@@ -25,10 +33,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "vessel/img.h"
+#include "vmm/sigbus.h"
 #include "vmm/virtio.h"
 
 #define VIRTIO_BLK_F_SEG_MAX        (1ULL << 2)
@@ -60,6 +70,8 @@ struct blk {
     struct machine *machine;
     struct virtio_pci *vp;
     struct img *img;
+    const uint8_t *map; /* the raw image's bytes, mapped read-only, or NULL: reads use img_pread */
+    size_t map_size;
     char *path;
     bool readonly;
     uint64_t capacity; /* sectors */
@@ -108,7 +120,18 @@ static int for_each_data(struct virtq_chain *c, bool writable, uint64_t limit,
 
 static int do_read(struct blk *b, uint8_t *p, size_t len, uint64_t off)
 {
-    return img_pread(b->img, p, off, len);
+    if (!b->map || off > b->map_size || len > b->map_size - off)
+        return img_pread(b->img, p, off, len);
+    struct sigbus_guard g;
+    int rc;
+    if (SIGBUS_GUARDED(g, b->map, b->map_size)) {
+        memcpy(p, b->map + off, len);
+        rc = 0;
+    } else {
+        rc = -EIO;
+    }
+    sigbus_disarm();
+    return rc;
 }
 
 static int do_write(struct blk *b, uint8_t *p, size_t len, uint64_t off)
@@ -463,6 +486,8 @@ static void blk_destroy(void *opaque)
         close(b->kick_fd);
     if (b->stop_fd >= 0)
         close(b->stop_fd);
+    if (b->map)
+        munmap((void *)b->map, b->map_size);
     img_close(b->img);
     free(b->chain);
     free(b->path);
@@ -528,6 +553,14 @@ int virtio_blk_create(struct machine *m, const struct vmm_disk_config *disk)
         return vs_error_prefix(rc, "--disk");
     b->capacity = img_size(b->img) / 512;
     memcpy(b->config, &b->capacity, 8);
+    int fd = img_raw_fd(b->img);
+    if (fd >= 0 && b->capacity) {
+        void *map = mmap(NULL, b->capacity * 512, PROT_READ, MAP_SHARED, fd, 0);
+        if (map != MAP_FAILED) { /* else reads use img_pread: as correct, slower */
+            b->map = map;
+            b->map_size = b->capacity * 512;
+        }
+    }
     put32(b->config + 12, VIRTQ_MAX_SEGS - 2); /* seg_max */
     put32(b->config + 20, 512);                /* blk_size */
     put32(b->config + 36, 1u << 22);           /* max_discard_sectors */

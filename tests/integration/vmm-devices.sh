@@ -2,7 +2,8 @@
 # tests/integration/vmm-devices.sh — the probe guest drives vessel-vmm's virtio devices and the
 # host checks what it did: bytes written through virtio-blk land in raw and qcow2 images; reads
 # through a qcow2 backing chain checksum like the base; virtio-rng returns data; balloon
-# inflation gives memory back (the VMM's RSS stays low, the pages are discarded); pause stops
+# inflation gives memory back (the VMM's RSS stays low, the pages are discarded); a raw image
+# truncated under the VM fails the guest's reads, not the VMM; pause stops
 # vCPU time; I/O limits (iops=, bps=) hold the guest's rates; power button, poweroff and reset
 # end with the documented exit codes; frames cross a
 # Linux bridge between two VMs in a private network namespace (no traffic leaves it).
@@ -50,6 +51,30 @@ fi
 if [ -n "$region" ]; then
     expect_result "$T/raw.out" "blk.region.$region" "$(region_sha "$T/disk.raw" "$region")" \
         "raw: bytes the guest wrote landed in the image file"
+fi
+
+# ---- a raw image cut short under a running VM ---------------------------------------------------
+# Raw images are read through a mapping; a read of a page the file no longer has raises SIGBUS.
+# That must become VIRTIO_BLK_S_IOERR (1) for the request, and the VM runs on to its poweroff.
+head -c 16M /dev/urandom >"$T/cut.raw"
+truncate -s 64M "$T/cut.raw"
+timeout -k 5 "$IT_TIMEOUT" "$VESSEL" --kernel "$PROBE" --disk "$T/cut.raw,format=raw" \
+    --cmdline "probe.tests=blk probe.blk.size=16M probe.blk.rand_ops=50000000 probe.blk.write=0" \
+    </dev/null >"$T/cut.out" 2>"$T/cut.err" &
+pid=$!
+if wait_for "$T/cut.out" "blk.capacity_sectors"; then
+    sleep 0.3
+    truncate -s 1M "$T/cut.raw"
+fi
+rc=0
+wait "$pid" || rc=$?
+if [ "$rc" -eq 0 ] && grep -aq "PROBE fail blk: request type 0 sector [0-9]* failed with status 1" "$T/cut.out" &&
+    ! grep -qE "$SANITIZER_RE" "$T/cut.err"; then
+    ok "raw image truncated under the VM: the read fails with IOERR, the VM powers off (exit 0)"
+else
+    not_ok "raw image truncated under the VM (exit $rc)"
+    grep -a "PROBE fail\|PROBE ok" "$T/cut.out" | diag 3
+    diag 8 <"$T/cut.err"
 fi
 
 # ---- virtio-blk I/O limits: the guest's own rates stay under them --------------------------------
