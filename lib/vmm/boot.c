@@ -164,7 +164,7 @@ static void write_page_tables(struct machine *m)
     }
 }
 
-static int load_mapped(struct machine *m, const uint8_t *buf, size_t len, const char *name)
+int boot_load_image(struct machine *m, const uint8_t *buf, size_t len, const char *name)
 {
     enum vmm_boot_path how = m->config->boot_path;
     if (len >= 4 && memcmp(buf,
@@ -208,7 +208,7 @@ int boot_load(struct machine *m)
      * over a kernel while a VM starts): an error, not a dead VMM. */
     struct sigbus_guard g;
     if (SIGBUS_GUARDED(g, buf, len))
-        rc = load_mapped(m, buf, len, base_name(path));
+        rc = boot_load_image(m, buf, len, base_name(path));
     else
         rc = vs_error(-EIO, "--kernel %s: the file shrank while it was being loaded", path);
     sigbus_disarm();

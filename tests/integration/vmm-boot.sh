@@ -122,10 +122,10 @@ fi
 if command -v gdb >/dev/null; then
     cp "$PROBE" "$T/shrink.elf"
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 timeout -k 5 "$IT_TIMEOUT" gdb -q -batch \
-        -ex 'set pagination off' -ex 'handle SIGBUS nostop noprint pass' -ex 'break load_mapped' \
+        -ex 'set pagination off' -ex 'handle SIGBUS nostop noprint pass' -ex 'break boot_load_image' \
         -ex run -ex "shell truncate -s 5000 $T/shrink.elf" -ex continue \
         --args "$VESSEL" --kernel "$T/shrink.elf" --memory 128M </dev/null >"$T/gdb.out" 2>&1 || true
-    if grep -q "Breakpoint 1, .*load_mapped" "$T/gdb.out" &&
+    if grep -q "Breakpoint 1, .*boot_load_image" "$T/gdb.out" &&
         grep -q "vessel-vmm: --kernel .*shrink.elf: the file shrank while it was being loaded" "$T/gdb.out" &&
         grep -q "exited with code 01" "$T/gdb.out"; then
         ok "kernel truncated while loading: one line of error, exit 1"
