@@ -27,6 +27,7 @@
 
 /* Output bound when the payload doesn't say its size. */
 #define DECOMPRESS_MAX (512 * MIB)
+#define XZ_MEMLIMIT    (128 * MIB) /* liblzma's own memory (the dictionary) */
 
 static uint16_t rd16(const uint8_t *p)
 {
@@ -125,9 +126,12 @@ static int zstd_decode(const uint8_t *in, size_t len, uint8_t **out, size_t *out
 static int xz_decode(const uint8_t *in, size_t len, uint8_t **out, size_t *out_len, size_t hint,
                      bool alone)
 {
+    /* The stream's header names the dictionary the decoder allocates: a hostile one asks for
+     * gigabytes. Kernels use 32 MiB at most (Linux builds with dict=32MiB), so 128 MiB is plenty.
+     */
     lzma_stream s = LZMA_STREAM_INIT;
     lzma_ret r =
-        alone ? lzma_alone_decoder(&s, UINT64_MAX) : lzma_stream_decoder(&s, UINT64_MAX, 0);
+        alone ? lzma_alone_decoder(&s, XZ_MEMLIMIT) : lzma_stream_decoder(&s, XZ_MEMLIMIT, 0);
     if (r != LZMA_OK)
         return vs_error(-ENOMEM, "xz: decoder init failed (%d)", r);
     size_t cap = 0;
@@ -142,6 +146,11 @@ static int xz_decode(const uint8_t *in, size_t len, uint8_t **out, size_t *out_l
         r = lzma_code(&s, LZMA_FINISH);
         if (r == LZMA_STREAM_END)
             break;
+        if (r == LZMA_MEMLIMIT_ERROR) {
+            rc = vs_error(-EINVAL, "%s: the payload needs more than %llu MiB to decompress",
+                          alone ? "lzma" : "xz", (unsigned long long)(XZ_MEMLIMIT / MIB));
+            break;
+        }
         if (r != LZMA_OK && r != LZMA_BUF_ERROR) {
             rc = vs_error(-EINVAL, "%s: corrupt data (liblzma error %d)", alone ? "lzma" : "xz", r);
             break;
