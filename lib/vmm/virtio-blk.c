@@ -17,7 +17,8 @@
  * A raw image over a file is also mapped, and reads under 64 KiB are a copy from that mapping: no
  * system call and no page-cache lookup per request once a page is mapped (the kernel maps up to
  * 16 cached neighbours per fault), several times the rate of pread for 4 KiB reads from the page
- * cache. Bigger reads keep pread, which a cold mapping's faults would slow (BLK_MAP_MAX).
+ * cache. Bigger reads keep pread, which a cold mapping's faults would slow (BLK_MAP_MAX). What a
+ * read maps stays mapped (the VMM's RSS shows it) until the guest stops reading (map_release).
  * Writes, flushes and discards still go through the image engine (its ENOSPC, fsync and hole
  * handling), which the kernel keeps coherent with the mapping. A read that faults on a page the
  * file no longer has (truncated under us) or can't read (an I/O error) raises SIGBUS, which
@@ -77,6 +78,8 @@ struct blk {
     struct img *img;
     const uint8_t *map; /* the raw image's bytes, mapped read-only, or NULL: reads use img_pread */
     size_t map_size;
+    uint64_t map_reads; /* reads through the mapping since map_release last dropped it */
+    uint64_t map_freed; /* when it did (ns) */
     char *path;
     bool readonly;
     uint64_t capacity; /* sectors */
@@ -131,6 +134,7 @@ static int do_read(struct blk *b, uint8_t *p, size_t len, uint64_t off)
     int rc;
     if (SIGBUS_GUARDED(g, b->map, b->map_size)) {
         memcpy(p, b->map + off, len);
+        b->map_reads++;
         rc = 0;
     } else {
         rc = -EIO;
@@ -326,6 +330,22 @@ static bool throttle_sleep(struct blk *b, uint64_t ns)
     return ppoll(&p, 1, &ts, NULL) <= 0 || !p.revents;
 }
 
+/* The mapping's page-table entries (and the image pages they make count in the VMM's RSS) grow
+ * with what the guest reads, so they are dropped (the page cache keeps the data) when the worker
+ * goes to sleep at most once a second, and (FORCE) when the guest has then been quiet for a
+ * second: a VM that is not reading costs no more than one that never did. */
+static void map_release(struct blk *b, bool force)
+{
+    if (!b->map || !b->map_reads)
+        return;
+    uint64_t now = blk_now_ns();
+    if (!force && now - b->map_freed < 1000000000ull)
+        return;
+    madvise((void *)b->map, b->map_size, MADV_DONTNEED);
+    b->map_reads = 0;
+    b->map_freed = now;
+}
+
 /* Serve the queue until it has been dry for BLK_POLL_NS. While we work — and while we watch
  * the dry ring — the driver need not kick (each kick is a trap, ~10-70 µs on PVM): a driver
  * that keeps a queue depth resubmits within microseconds, and finds us still looking. Only
@@ -405,8 +425,10 @@ static void blk_process(struct blk *b)
         pthread_mutex_unlock(&b->lock);
         if (any)
             virtio_pci_interrupt(b->vp, 0);
-        if (sleep)
+        if (sleep) {
+            map_release(b, false);
             return;
+        }
         if (!any)
             __builtin_ia32_pause();
     }
@@ -416,8 +438,16 @@ static void *blk_worker(void *arg)
 {
     struct blk *b = arg;
     pthread_setname_np(pthread_self(), "virtio-blk");
-    while (virtio_worker_wait(b->kick_fd, b->stop_fd))
-        blk_process(b);
+    for (;;) {
+        /* with mapping entries to drop, wake up to drop them if the guest stays quiet */
+        int w = virtio_worker_wait_for(b->kick_fd, b->stop_fd, b->map_reads ? 1000 : -1);
+        if (w < 0)
+            break;
+        if (w == 0)
+            map_release(b, true);
+        else
+            blk_process(b);
+    }
     return NULL;
 }
 

@@ -673,18 +673,26 @@ void virtio_wake(int fd)
     }
 }
 
-bool virtio_worker_wait(int kick_fd, int stop_fd)
+int virtio_worker_wait_for(int kick_fd, int stop_fd, int timeout_ms)
 {
     for (;;) {
         struct pollfd p[2] = {{kick_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
-        if (poll(p, 2, -1) < 0)
+        int n = poll(p, 2, timeout_ms);
+        if (n < 0)
             continue;
+        if (n == 0)
+            return 0;
         if (p[1].revents)
-            return false;
-        uint64_t n;
-        if (read(kick_fd, &n, sizeof(n)) < 0) {
+            return -1;
+        uint64_t v;
+        if (read(kick_fd, &v, sizeof(v)) < 0) {
             /* another reader took it: a spurious wakeup */
         }
-        return true;
+        return 1;
     }
+}
+
+bool virtio_worker_wait(int kick_fd, int stop_fd)
+{
+    return virtio_worker_wait_for(kick_fd, stop_fd, -1) > 0;
 }

@@ -72,5 +72,7 @@ void virtio_pci_needs_reset(struct virtio_pci *vp, const char *why);
  * returns false when the worker must stop. */
 void virtio_wake(int fd);
 bool virtio_worker_wait(int kick_fd, int stop_fd);
+/* The same with a timeout (-1: none): 1 kicked, 0 timed out, -1 stop. */
+int virtio_worker_wait_for(int kick_fd, int stop_fd, int timeout_ms);
 
 #endif

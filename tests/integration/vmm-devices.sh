@@ -3,7 +3,8 @@
 # host checks what it did: bytes written through virtio-blk land in raw and qcow2 images; reads
 # through a qcow2 backing chain checksum like the base; virtio-rng returns data; balloon
 # inflation gives memory back (the VMM's RSS stays low, the pages are discarded); a raw image
-# truncated under the VM fails the guest's reads, not the VMM; pause stops
+# truncated under the VM fails the guest's reads, not the VMM, and the pages raw reads mapped are
+# let go once the guest stops reading; pause stops
 # vCPU time; I/O limits (iops=, bps=) hold the guest's rates; power button, poweroff and reset
 # end with the documented exit codes; frames cross a
 # Linux bridge between two VMs in a private network namespace (no traffic leaves it).
@@ -76,6 +77,32 @@ else
     grep -a "PROBE fail\|PROBE ok" "$T/cut.out" | diag 3
     diag 8 <"$T/cut.err"
 fi
+
+# ---- a VM done reading a raw image gives back the mapping's pages -------------------------------
+# 20000 random 4 KiB reads through the mapping map most of a 16 MiB region into the VMM (its
+# RssFile); a second after the guest goes quiet, the worker drops them again.
+head -c 16M /dev/urandom >"$T/rss.raw"
+truncate -s 32M "$T/rss.raw"
+timeout -k 5 "$IT_TIMEOUT" "$VESSEL" --kernel "$PROBE" --disk "$T/rss.raw,format=raw" \
+    --console "file:$T/rss.log" \
+    --cmdline "probe.mode=idle probe.tests=blk probe.blk.size=16M probe.blk.rand_ops=20000 probe.blk.write=0" \
+    </dev/null >/dev/null 2>"$T/rss.err" &
+pid=$!
+if wait_for "$T/rss.log" "PROBE idle"; then
+    sleep 2.5
+    file_kib=$(awk '/^RssFile:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true)
+    if grep -aq "test blk passed" "$T/rss.log" && [ -n "$file_kib" ] && [ "$file_kib" -lt 8192 ]; then
+        ok "raw reads through the mapping: 2.5 s after the guest stops, the VMM maps ${file_kib} KiB of files"
+    else
+        not_ok "mapping released after the guest stops reading (RssFile ${file_kib:-?} KiB)"
+        grep -a "PROBE" "$T/rss.log" | tail -3 | diag
+    fi
+else
+    not_ok "idle probe after its blk test"
+    diag 8 <"$T/rss.err"
+fi
+kill "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
 
 # ---- virtio-blk I/O limits: the guest's own rates stay under them --------------------------------
 vs --kernel "$PROBE" --disk "$T/disk.raw,iops=400" --cmdline "probe.tests=blk probe.blk.size=4M probe.blk.rand_ops=400"
