@@ -129,8 +129,8 @@ struct vcpu {
     bool thread_started;
     clockid_t cpu_clock;
     _Atomic uint64_t exits[EXIT_KIND_COUNT];
-    uint64_t handled;    /* exits KVM_RUN returned to us for (__atomic builtins) */
-    uint64_t handled_ns; /* time from those returns to the next KVM_RUN */
+    uint64_t handled;         /* exits KVM_RUN returned to us for (__atomic builtins) */
+    uint64_t timed, timed_ns; /* of those, the ones timed and their time to the next KVM_RUN */
     uint64_t paused_cpu_ns;
 };
 
