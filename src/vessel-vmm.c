@@ -308,7 +308,10 @@ int main(int argc, char **argv)
             cfg.boot_path = VMM_BOOT_BZIMAGE;
             break;
         case 'p': {
-            static const char *const paths[] = {"auto", "bzimage", "pvh", "vmlinux"};
+            static const char *const paths[] = {[VMM_BOOT_AUTO] = "auto",
+                                                [VMM_BOOT_BZIMAGE] = "bzimage",
+                                                [VMM_BOOT_PVH] = "pvh",
+                                                [VMM_BOOT_VMLINUX] = "vmlinux"};
             bool found = false;
             for (size_t i = 0; i < VS_ARRAY_SIZE(paths) && !found; i++)
                 if (!strcmp(optarg, paths[i])) {

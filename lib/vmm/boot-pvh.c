@@ -133,18 +133,6 @@ int elf_parse(const uint8_t *buf, size_t len, const char *name, struct elf_image
     return 0;
 }
 
-int pvh_find_entry(const uint8_t *buf, size_t len, const char *name, uint64_t *entry)
-{
-    struct elf_image img;
-    int rc = elf_parse(buf, len, name, &img);
-    if (rc < 0)
-        return rc;
-    if (!img.has_pvh)
-        return -ENOEXEC;
-    *entry = img.entry;
-    return 0;
-}
-
 int elf_load(struct machine *m, const uint8_t *elf, const char *name, const struct elf_image *img,
              uint64_t *end)
 {

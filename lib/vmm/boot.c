@@ -25,9 +25,10 @@ static const char *base_name(const char *path)
     return s ? s + 1 : path;
 }
 
-/* Mapped, not read: the boot paths touch only the parts they load (an ELF's segments, not its
- * symbols), and page-cache pages come in sixteen to a fault instead of being copied once more. */
-int boot_read_file(const char *path, uint64_t max, const uint8_t **out, size_t *len)
+/* Map the kernel file PATH read-only (at most MAX bytes). Mapped, not read: the boot paths touch
+ * only the parts they load (an ELF's segments, not its symbols), and page-cache pages come in
+ * sixteen to a fault instead of being copied once more. */
+static int boot_map_file(const char *path, uint64_t max, const uint8_t **out, size_t *len)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -54,12 +55,6 @@ int boot_read_file(const char *path, uint64_t max, const uint8_t **out, size_t *
     *out = p;
     *len = (size_t)st.st_size;
     return 0;
-}
-
-void boot_file_release(const uint8_t *buf, size_t len)
-{
-    if (buf)
-        munmap((void *)buf, len);
 }
 
 unsigned machine_e820(const struct machine *m, struct e820_entry_host *out, unsigned max)
@@ -184,9 +179,23 @@ int boot_load_image(struct machine *m, const uint8_t *buf, size_t len, const cha
     if (bzimage_probe(buf, len))
         return bzimage_load(m, buf, len, name);
     return vs_error(-ENOEXEC,
-                    "%s: not a kernel: neither an ELF with a PVH note nor a bzImage "
-                    "(no \"HdrS\" at offset 0x202)",
+                    "%s: not a kernel: neither an ELF nor a bzImage (no \"HdrS\" at offset "
+                    "0x202)",
                     name);
+}
+
+/* boot_load_image under a SIGBUS guard: a file truncated while it is mapped raises SIGBUS on the
+ * pages past its new end (`cp` over a kernel while a VM starts): an error, not a dead VMM. */
+static int boot_load_guarded(struct machine *m, const uint8_t *buf, size_t len, const char *path)
+{
+    struct sigbus_guard g;
+    int rc;
+    if (SIGBUS_GUARDED(g, buf, len))
+        rc = boot_load_image(m, buf, len, base_name(path));
+    else
+        rc = vs_error(-EIO, "--kernel %s: the file shrank while it was being loaded", path);
+    sigbus_disarm();
+    return rc;
 }
 
 int boot_load(struct machine *m)
@@ -199,19 +208,12 @@ int boot_load(struct machine *m)
         return rc;
     write_gdt(m);
     write_page_tables(m);
-    const uint8_t *buf;
-    size_t len;
-    rc = boot_read_file(path, VS_MIN(m->mem.ram_size, 1024 * MIB), &buf, &len);
+    const uint8_t *buf = NULL;
+    size_t len = 0;
+    rc = boot_map_file(path, VS_MIN(m->mem.ram_size, 1024 * MIB), &buf, &len);
     if (rc < 0)
         return vs_error_prefix(rc, "--kernel");
-    /* A file truncated while it is mapped raises SIGBUS on the pages past its new end (`cp`
-     * over a kernel while a VM starts): an error, not a dead VMM. */
-    struct sigbus_guard g;
-    if (SIGBUS_GUARDED(g, buf, len))
-        rc = boot_load_image(m, buf, len, base_name(path));
-    else
-        rc = vs_error(-EIO, "--kernel %s: the file shrank while it was being loaded", path);
-    sigbus_disarm();
-    boot_file_release(buf, len);
+    rc = boot_load_guarded(m, buf, len, path);
+    munmap((void *)buf, len);
     return rc;
 }

@@ -70,9 +70,6 @@ int bzimage_load(struct machine *m, const uint8_t *buf, size_t len, const char *
 /* Load the kernel image BUF (an ELF or a bzImage, LEN bytes, called NAME in messages) into
  * guest memory by the configured boot path: what boot_load does once the file is mapped. */
 int boot_load_image(struct machine *m, const uint8_t *buf, size_t len, const char *name);
-/* Map the kernel file PATH read-only (at most MAX bytes); boot_file_release unmaps it. */
-int boot_read_file(const char *path, uint64_t max, const uint8_t **out, size_t *len);
-void boot_file_release(const uint8_t *buf, size_t len);
 int boot_cmdline(struct machine *m, uint64_t limit);
 
 #endif

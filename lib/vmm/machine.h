@@ -242,8 +242,6 @@ void machine_device_on_resume(struct machine *m, void *state, void (*resumed)(vo
 
 /* Load KERNEL (PVH ELF or bzImage) + initrd + cmdline; fills m->boot. */
 int boot_load(struct machine *m);
-/* Is BUF an ELF64 with a PVH entry note? Sets *entry. 0 yes, -ENOEXEC no, other -errno = bad. */
-int pvh_find_entry(const uint8_t *buf, size_t len, const char *name, uint64_t *entry);
 /* Load a PVH ELF image held in memory, write hvm_start_info. */
 int pvh_load(struct machine *m, const uint8_t *elf, size_t len, const char *name);
 /* Decompress a bzImage payload by its magic. *out is malloc'd. */

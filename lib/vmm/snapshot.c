@@ -10,12 +10,12 @@
  * ring indices. RAM goes last in the file at a page-aligned offset, zero pages left as holes.
  */
 #include <errno.h>
-#include <sys/random.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 

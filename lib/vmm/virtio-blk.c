@@ -380,27 +380,8 @@ static void blk_process(struct blk *b)
             virtq_push(q, b->chain->head, len);
             any = true;
         }
-        if (full) {
-            pthread_mutex_unlock(&b->lock);
-            if (any)
-                virtio_pci_interrupt(b->vp, 0);
-            char reason[240];
-            snprintf(reason, sizeof(reason),
-                     "host disk full writing %s (no space or quota left): free space, then resume "
-                     "the VM",
-                     b->path);
-            machine_pause_for(b->machine, reason);
-            return;
-        }
-        if (throttled) {
-            pthread_mutex_unlock(&b->lock);
-            if (any)
-                virtio_pci_interrupt(b->vp, 0);
-            if (!throttle_sleep(b, throttled))
-                return;
-            dry_since = 0;
-            continue;
-        }
+        /* a full disk or the buckets stopped the loop with a chain still there: rc > 0, so
+         * neither of the next two applies to them */
         if (rc == 0 && !any) {
             uint64_t now = blk_now_ns();
             if (!dry_since)
@@ -425,6 +406,21 @@ static void blk_process(struct blk *b)
         pthread_mutex_unlock(&b->lock);
         if (any)
             virtio_pci_interrupt(b->vp, 0);
+        if (full) {
+            char reason[240];
+            snprintf(reason, sizeof(reason),
+                     "host disk full writing %s (no space or quota left): free space, then resume "
+                     "the VM",
+                     b->path);
+            machine_pause_for(b->machine, reason);
+            return;
+        }
+        if (throttled) {
+            if (!throttle_sleep(b, throttled))
+                return;
+            dry_since = 0;
+            continue;
+        }
         if (sleep) {
             map_release(b, false);
             return;

@@ -19,6 +19,15 @@
 #include "vmm/vmstate.h"
 
 /* Build V from its config: consoles, the machine (from RESTORE when given), the API socket. */
+/* A machine for V (from RESTORE, or booting), telling V's state eventfd of its pauses. */
+static int vmm_machine_create(struct vmm *v, const struct vmstate_file *restore)
+{
+    int rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, restore);
+    if (rc == 0)
+        v->machine->state_fd = v->state_fd;
+    return rc;
+}
+
 static int vmm_build(struct vmm *v, const struct vmstate_file *restore)
 {
     const struct vmm_config *config = &v->config;
@@ -36,9 +45,7 @@ static int vmm_build(struct vmm *v, const struct vmstate_file *restore)
     if (rc == 0 && (v->state_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         rc = vs_error_errno(-errno, "eventfd");
     if (rc == 0)
-        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, restore);
-    if (rc == 0)
-        v->machine->state_fd = v->state_fd;
+        rc = vmm_machine_create(v, restore);
     if (rc == 0 && config->api)
         rc = control_start(&v->control, v, config->api);
     return rc;
@@ -187,9 +194,7 @@ int vmm_run(struct vmm *v, struct vmm_result *result)
         v->handled_ns += ns;
         machine_destroy(v->machine);
         v->machine = NULL;
-        rc = machine_create(&v->machine, &v->config, v->console, v->vconsole, NULL);
-        if (rc == 0)
-            v->machine->state_fd = v->state_fd;
+        rc = vmm_machine_create(v, NULL);
         pthread_mutex_unlock(&v->machine_lock);
         if (rc < 0)
             return vs_error_prefix(rc, "reboot");

@@ -97,8 +97,8 @@ struct vmstate_file {
     size_t string_count;
 };
 
-/* Encode CONFIG (+ disk sizes, boot description) as the "config" section payload. */
-/* SAVE_ID: this save's own random id (hex), kept with the VM's name and uuid. */
+/* Encode CONFIG (+ disk sizes, boot description) as the "config" section payload. SAVE_ID: this
+ * save's own random id (hex), kept with the VM's name and uuid. */
 void vmstate_config_write(struct vmstate_writer *w, const struct vmm_config *config,
                           const uint64_t *disk_sizes, const char *boot_how, const char *save_id);
 /* Write the 48-byte header into OUT. */
