@@ -314,6 +314,23 @@ const char *mgmt_client_socket_path(const char *connect)
     return def;
 }
 
+int mgmt_unix_connect(const char *path, int flags)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof(addr.sun_path))
+        return -ENAMETOOLONG;
+    strcpy(addr.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | flags, 0);
+    if (fd < 0)
+        return -errno;
+    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        int err = -errno;
+        close(fd);
+        return err;
+    }
+    return fd;
+}
+
 static int write_all(int fd, const char *buf, size_t len)
 {
     while (len) {
@@ -352,21 +369,15 @@ static int client_send(const char *target, const char *method, const char *path,
             return err;
     } else {
         const char *socket_path = strncmp(target, "unix:", 5) ? target : target + 5;
-        struct sockaddr_un addr = {.sun_family = AF_UNIX};
-        if (strlen(socket_path) >= sizeof(addr.sun_path))
-            return vs_error(-ENAMETOOLONG, "%s: socket path too long", socket_path);
-        strcpy(addr.sun_path, socket_path);
-        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (c->fd < 0)
-            return vs_error_errno(-errno, "socket");
-        if (connect(c->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-            int err = vs_error_errno(-errno,
-                                     "%s: cannot reach vesseld (is it running? --connect or "
-                                     "VESSEL_SOCKET name its socket)",
-                                     socket_path);
-            mgmt_conn_close(c);
-            return err;
-        }
+        int fd = mgmt_unix_connect(socket_path, 0);
+        if (fd == -ENAMETOOLONG)
+            return vs_error(fd, "%s: socket path too long", socket_path);
+        if (fd < 0)
+            return vs_error_errno(fd,
+                                  "%s: cannot reach vesseld (is it running? --connect or "
+                                  "VESSEL_SOCKET name its socket)",
+                                  socket_path);
+        c->fd = fd;
     }
     char *head = vs_asprintf("%s %s HTTP/1.1\r\nHost: vesseld\r\nConnection: close\r\n%s"
                              "Content-Type: %s\r\nContent-Length: %zu\r\n\r\n",
@@ -532,18 +543,11 @@ int mgmt_vmm_request(const char *api_socket, const char *request, int timeout_ms
         size_t n = strcspn(c, "\"");
         snprintf(cmd, sizeof(cmd), "%.*s", (int)VS_MIN(n, sizeof(cmd) - 1), c);
     }
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(api_socket) >= sizeof(addr.sun_path))
-        return vs_error(-ENAMETOOLONG, "%s: socket path too long", api_socket);
-    strcpy(addr.sun_path, api_socket);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = mgmt_unix_connect(api_socket, 0);
+    if (fd == -ENAMETOOLONG)
+        return vs_error(fd, "%s: socket path too long", api_socket);
     if (fd < 0)
-        return vs_error_errno(-errno, "socket");
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
-        int err = vs_error_errno(-errno, "%s", api_socket);
-        close(fd);
-        return err;
-    }
+        return vs_error_errno(fd, "%s", api_socket);
     int err = write_all(fd, request, strlen(request));
     if (!err)
         err = write_all(fd, "\n", 1);

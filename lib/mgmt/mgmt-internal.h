@@ -29,10 +29,10 @@ struct mgmt_vm_runtime {
     bool stop_requested;       /* destroy/shutdown asked: no policy on this exit */
     uint64_t transitions;      /* bumped on every state change (waiters compare) */
     uint64_t restart_times[5]; /* crash-loop guard: the last policy restarts */
+    char uuid[37];             /* the running VM's, for its CPU cgroup; "" when not live */
     /* The monitor thread's own (no lock): a {"cmd":"watch"} connection to the running VMM, which
      * says when the VMM paused the VM by itself (a full host disk); -1 when none. */
     int watch_fd;
-    char uuid[37]; /* the running VM's, for its CPU cgroup; "" when not live */
     uint64_t watch_retry_ns;
     size_t watch_len;
     char watch_buf[2048];
@@ -124,6 +124,10 @@ void *mgmt_monitor_thread(void *arg);
 void mgmt_monitor_wake(struct mgmt_daemon *d);
 /* DIR/run/NAME/FILE into buf. */
 int mgmt_run_path(struct mgmt_daemon *d, const char *name, const char *file, char *buf, size_t len);
+/* A stream socket connected to the unix socket PATH (FLAGS: more SOCK_* flags, like
+ * SOCK_NONBLOCK): the fd, or -errno (-ENAMETOOLONG: too long for an address); the caller words
+ * the message. http.c. */
+int mgmt_unix_connect(const char *path, int flags);
 /* Write TEXT to DIR/run/NAME/FILE by rename (fsynced), so a reader never sees half of it. */
 int mgmt_run_file_write(struct mgmt_daemon *d, const char *name, const char *file,
                         const char *text);

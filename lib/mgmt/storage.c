@@ -107,16 +107,16 @@ static int store_def(struct mgmt_daemon *d, const struct vm_def *def, bool repla
 }
 
 /* The progress of a copy of several disks, one img_convert after the other: each reports its own
- * bytes; the caller sees the sum over all of them. */
+ * bytes and size; the caller sees the sum over all of them (BASE: the disks already copied). */
 struct multi_progress {
     const struct mgmt_progress *to;
-    uint64_t base, total;
+    uint64_t base, total, current;
 };
 
 static void multi_progress_fn(void *ctx, uint64_t done, uint64_t total)
 {
     struct multi_progress *m = ctx;
-    (void)total;
+    m->current = total;
     m->to->fn(m->to->ctx, m->base + done, m->total);
 }
 
@@ -186,7 +186,8 @@ int mgmt_vm_clone(struct mgmt_daemon *d, const char *name, const char *new_name,
                 p.progress_ctx = &mp;
             }
             err = img_convert(&p);
-            mp.base += progress ? disk_size(disk) : 0;
+            mp.base += mp.current;
+            mp.current = 0;
             if (!err && !(err = vm_def_set_string(&disk->file, path)))
                 err = vm_def_set_string(&disk->format, "qcow2");
         } else {

@@ -478,8 +478,8 @@ int mgmt_store_transition(struct mgmt_store *s, const char *name, const char *st
               "UPDATE vms SET state = ?2, pid = ?3, keeper_pid = ?4,"
               " started_at = CASE WHEN ?5 THEN ?6 WHEN ?7 THEN started_at ELSE 0 END,"
               " boots = boots + ?5, last_exit = CASE WHEN ?8 >= 0 THEN ?8 ELSE last_exit END,"
-              " last_error = COALESCE(?9, last_error), was_running = ?7, saved_path = '', saved_id "
-              "= '',"
+              " last_error = COALESCE(?9, last_error), was_running = ?7,"
+              " saved_path = '', saved_id = '',"
               " generation = generation + 1, updated_at = ?6 WHERE name = ?1",
               &st))) {
         sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);

@@ -19,14 +19,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -472,8 +471,8 @@ static int spawn_detached(char *const argv[], const char *run_dir, const struct 
             while (waitpid(vmm, &status, 0) < 0 && errno == EINTR)
                 ;
         int code = vmm < 0 ? 4 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        if (cg->procs_fd >=
-            0) { /* the group ends with its VMM, whether the daemon is there or not */
+        /* the group ends with its VMM, whether the daemon is there or not */
+        if (cg->procs_fd >= 0) {
             int root = open(cg->root_procs, O_WRONLY | O_CLOEXEC);
             if (root >= 0 && write(root, self, self_len) == (ssize_t)self_len)
                 rmdir(cg->dir);
@@ -1183,17 +1182,13 @@ static void watch_open(struct mgmt_daemon *d, struct mgmt_vm_runtime *rt)
         return;
     rt->watch_retry_ns = now + 1000000000ull;
     char api[PATH_MAX];
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (mgmt_run_path(d, rt->name, "api.sock", api, sizeof(api)) ||
-        strlen(api) >= sizeof(addr.sun_path))
-        return;
-    strcpy(addr.sun_path, api);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     static const char req[] = "{\"cmd\":\"watch\"}\n";
+    if (mgmt_run_path(d, rt->name, "api.sock", api, sizeof(api)))
+        return;
+    int fd = mgmt_unix_connect(api, SOCK_NONBLOCK);
     if (fd < 0)
         return;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 ||
-        send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)sizeof(req) - 1) {
+    if (send(fd, req, sizeof(req) - 1, MSG_NOSIGNAL) != (ssize_t)sizeof(req) - 1) {
         close(fd);
         return;
     }
