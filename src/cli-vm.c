@@ -394,7 +394,10 @@ static int call_copy(struct cli *c, const char *path, json_object **out)
     char *error_body = NULL;
     int err = mgmt_client_stream(c->socket, "POST", full, &status, &error_body, copy_line, &s);
     free(full);
-    if (s.drawn && (err || error_body || !s.last))
+    json_object *ok, *v;
+    bool done = !err && !error_body && s.last && json_object_object_get_ex(s.last, "ok", &ok) &&
+                json_object_get_boolean(ok);
+    if (s.drawn && !done) /* end the bar's line before the message */
         fputc('\n', stderr);
     if (err) {
         json_object_put(s.last);
@@ -404,10 +407,7 @@ static int call_copy(struct cli *c, const char *path, json_object **out)
         return http_error(status, error_body);
     if (!s.last)
         return fail("the daemon closed the connection before the copy ended");
-    json_object *ok, *v;
-    if (!json_object_object_get_ex(s.last, "ok", &ok) || !json_object_get_boolean(ok)) {
-        if (s.drawn)
-            fputc('\n', stderr);
+    if (!done) {
         fprintf(stderr, "vessel: %s\n",
                 json_object_object_get_ex(s.last, "error", &v) ? json_object_get_string(v)
                                                                : "the copy failed");

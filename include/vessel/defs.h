@@ -140,6 +140,8 @@ const char *vm_nic_model_name(enum vm_nic_model m);
 int vm_def_add_disk(struct vm_def *def, struct vm_disk **out); /* zeroed, defaults set */
 int vm_def_add_nic(struct vm_def *def, struct vm_nic **out);
 int vm_def_set_string(char **field, const char *value); /* replaces, NULL clears */
+/* cpu_affinity from a CPU list (vm_cpu_list_parse), kept canonical; -EINVAL with its message. */
+int vm_def_set_cpu_affinity(struct vm_def *def, const char *list);
 /* Normalise a MAC ("00:16:3E:2b:11:83" -> lower case) into out[18]; -EINVAL if malformed. */
 int vm_mac_parse(const char *text, char out[18]);
 void vm_mac_generate(char out[18]); /* 52:54:00:xx:xx:xx */

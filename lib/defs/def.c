@@ -411,6 +411,18 @@ int vm_cpu_list_parse(const char *text, uint64_t set[VM_CPU_LIST_MAX / 64], char
     return *canonical ? 0 : -ENOMEM;
 }
 
+int vm_def_set_cpu_affinity(struct vm_def *def, const char *list)
+{
+    uint64_t set[VM_CPU_LIST_MAX / 64];
+    char *canonical;
+    int rc = vm_cpu_list_parse(list, set, &canonical);
+    if (rc < 0)
+        return rc;
+    free(def->cpu_affinity);
+    def->cpu_affinity = canonical;
+    return 0;
+}
+
 void vm_def_free(struct vm_def *def)
 {
     if (!def)
@@ -664,15 +676,10 @@ static int set_key(struct parser *p, enum key key, const char *value, int line)
     case KEY_CPU_CAP:
         def->cpu_cap_line = line;
         return uint_value(p, line, kname, value, 0, 100 * VM_DEF_MAX_VCPUS, &def->cpu_cap);
-    case KEY_CPU_AFFINITY: {
-        uint64_t set[VM_CPU_LIST_MAX / 64];
-        char *canonical;
-        if (vm_cpu_list_parse(value, set, &canonical) < 0)
+    case KEY_CPU_AFFINITY:
+        if (vm_def_set_cpu_affinity(def, value) < 0)
             return defs_error(p->source, line, kname, "%s", vs_error_message());
-        free(def->cpu_affinity);
-        def->cpu_affinity = canonical;
         return 0;
-    }
     case KEY_FILE:
         if (!*value)
             return defs_error(p->source, line, kname, "empty file name");

@@ -516,19 +516,10 @@ int vm_def_import_xl(const char *text, size_t len, const char *source, struct vm
             def->cpu_cap = (unsigned)num;
             def->cpu_cap_line = it->line;
         } else if (strcmp(k, "cpus") == 0) { /* hard affinity of all vCPUs: "0-3,6" or "all" */
-            uint64_t set[VM_CPU_LIST_MAX / 64];
-            char *canonical = NULL;
-            if (strcmp(v, "all") == 0)
-                continue;
-            if (vm_cpu_list_parse(v, set, &canonical) < 0)
+            if (strcmp(v, "all") != 0 && vm_def_set_cpu_affinity(def, v) < 0)
                 rc = defs_error(source, it->line, k,
-                                "%s (exclusions and node: lists are not "
-                                "supported)",
+                                "%s (exclusions and node: lists are not supported)",
                                 vs_error_message());
-            else {
-                free(def->cpu_affinity);
-                def->cpu_affinity = canonical;
-            }
         } else if (strcmp(k, "serial") == 0) {
             if (strcmp(v, "pty") == 0)
                 def->console = VM_CONSOLE_PTY;

@@ -409,15 +409,9 @@ static int import_domain(struct xctx *x, const xmlNode *root)
             def->vcpus_line = line_of(n);
             free(t);
             char *cpuset = rc == 0 ? attr(n, "cpuset") : NULL; /* the vCPUs' host CPUs */
-            uint64_t set[VM_CPU_LIST_MAX / 64];
-            char *canonical = NULL;
-            if (cpuset && vm_cpu_list_parse(cpuset, set, &canonical) < 0)
+            if (cpuset && vm_def_set_cpu_affinity(def, cpuset) < 0)
                 rc = defs_error(x->source, line_of(n), "vcpu cpuset",
                                 "%s (^ exclusions are not supported)", vs_error_message());
-            else if (cpuset) {
-                free(def->cpu_affinity);
-                def->cpu_affinity = canonical;
-            }
             free(cpuset);
         } else if (is(n, "cputune")) {
             for (const xmlNode *c = n->children; c && rc == 0; c = c->next) {
