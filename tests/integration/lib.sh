@@ -286,8 +286,10 @@ need_jq() {
     fi
 }
 
-# value TEXT KEY — the VALUE of a "PROBE result KEY=VALUE" line in TEXT (what con printed).
+# value TEXT KEY — the VALUE of the last "PROBE result KEY=VALUE" line in TEXT (what con printed);
+# result FILE KEY — the same in a console log. Empty when there is none.
 value() { grep -a "^PROBE result $2=" <<<"$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
+result() { grep -a "^PROBE result $2=" "$1" 2>/dev/null | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 
 # con SOCK LINE PATTERN [SECONDS] — type LINE on a VM's serial console (a unix socket; it may not
 # exist yet) and print what comes back up to the end of the line holding PATTERN. The probe reads

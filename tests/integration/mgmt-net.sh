@@ -42,7 +42,6 @@ nv_ok() { # DESC ARGS…
     nv "$@"
     if [ "$VS_RC" -eq 0 ]; then ok "$desc"; else not_ok "$desc (exit $VS_RC)"; fi
 }
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
 tap_of() { echo "vs$(field "$1" uuid | tr -d - | cut -c1-8)$2"; } # NAME INDEX
 # mkvm NAME CMDLINE NIC-SECTIONS…
 mkvm() {

@@ -54,7 +54,6 @@ nv_ok() { # DESC ARGS…
     nv "$@"
     if [ "$VS_RC" -eq 0 ]; then ok "$desc"; else not_ok "$desc (exit $VS_RC)"; fi
 }
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- || true; }
 wait_for() { # FILE PATTERN [TENTHS]
     for _ in $(seq "${3:-300}"); do grep -aq "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
     return 1

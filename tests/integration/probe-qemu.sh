@@ -34,7 +34,6 @@ echo "# accelerator: $ACCEL"
 PROBE_TIMEOUT=${PROBE_TIMEOUT:-120}
 
 # result FILE KEY — the value of "PROBE result KEY=VALUE" (empty when absent).
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2-; }
 
 # expect_result FILE KEY VALUE DESC
 expect_result() {

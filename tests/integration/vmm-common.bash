@@ -3,8 +3,8 @@
 # VESSEL_IMG the vessel CLI beside it, PROBE the probe guest, lib.sh sourced (IT_TIMEOUT: set it
 # before sourcing, default 90 s). The script is skipped, saying why, without /dev/kvm, and without
 # the probe unless it sets VMM_NO_PROBE=1 first (it boots guests of its own too).
-# Helpers: result FILE KEY (a "PROBE result KEY=VALUE" of a console log), api SOCK CMD… (one
-# request per CMD — a command name or a JSON object — each answer on its own line).
+# Helper: api SOCK CMD… (one request per CMD — a command name or a JSON object — each answer on
+# its own line); result FILE KEY comes from lib.sh.
 # Sourced, not run (the runner only runs *.sh).
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VESSEL=${VESSEL_VMM:-$(dirname "${VESSEL:-$ROOT/build/asan/bin/vessel}")/vessel-vmm}
@@ -24,7 +24,6 @@ if [ -z "${VMM_NO_PROBE:-}" ] && [ ! -f "$PROBE" ]; then
     finish
 fi
 
-result() { grep -a "^PROBE result $2=" "$1" | tail -n1 | cut -d= -f2- | tr -d '\r' || true; }
 api() {
     python3 - "$1" "${@:2}" <<'PY'
 import socket, sys
